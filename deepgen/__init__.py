@@ -1,21 +1,35 @@
-"""DeepGen Studio: the DeepGen 1.0 unified image generation and editing model (arXiv 2602.12205)."""
+"""DeepGen Studio: the DeepGen 1.0 unified image generation and editing model (arXiv 2602.12205).
 
-from .config import ConnectorConfig, DeepGenConfig, LoraSettings, get_preset
-from .image_processing import load_image
-from .kontext import KontextSD3Transformer2DModel
-from .model import DeepGenModel
-from .pipeline import DeepGenPipeline, DeepGenPipelineOutput
-from .scb import StackedChannelBridge
+Names are imported lazily, so that torch-free modules (``deepgen.world``, ``deepgen.shapeeval``) load fast.
+"""
 
-__all__ = [
-    "ConnectorConfig",
-    "DeepGenConfig",
-    "DeepGenModel",
-    "DeepGenPipeline",
-    "DeepGenPipelineOutput",
-    "KontextSD3Transformer2DModel",
-    "LoraSettings",
-    "StackedChannelBridge",
-    "get_preset",
-    "load_image",
-]
+from __future__ import annotations
+
+import importlib
+from typing import Any
+
+_EXPORTS = {
+    "ConnectorConfig": "config",
+    "DeepGenConfig": "config",
+    "LoraSettings": "config",
+    "get_preset": "config",
+    "load_image": "image_processing",
+    "KontextSD3Transformer2DModel": "kontext",
+    "DeepGenModel": "model",
+    "DeepGenPipeline": "pipeline",
+    "DeepGenPipelineOutput": "pipeline",
+    "StackedChannelBridge": "scb",
+}
+__all__ = sorted(_EXPORTS)
+
+
+def __getattr__(name: str) -> Any:
+    if name not in _EXPORTS:
+        raise AttributeError(f"module 'deepgen' has no attribute {name!r}")
+    value = getattr(importlib.import_module(f".{_EXPORTS[name]}", __name__), name)
+    globals()[name] = value
+    return value
+
+
+def __dir__() -> list[str]:
+    return sorted(set(globals()) | set(__all__))

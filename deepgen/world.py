@@ -1,0 +1,550 @@
+"""Shape world: a procedural, seeded miniature of DeepGen's five capabilities.
+
+DeepGen-nano is trained and evaluated on CPU, so instead of web images it learns a tiny world of flat coloured
+shapes on a 3x3 grid. Every sample is generated from a seed, rendered without anti-aliasing, and carries a
+JSON-serialisable ``metadata`` dict that states what must be true of a correct output; ShapeEval
+(:mod:`deepgen.shapeeval`) reads it back to score generated images and RL rewards.
+
+The five capabilities, in miniature:
+
+- ``generation``: "a large red circle on the left", "two small blue squares", "a red circle and a green square".
+- ``editing``: (source, instruction, target) triplets -- recolour, move, remove, add, change the background.
+- ``reasoning_generation``: indirect wording the text model must resolve ("a shape with three corners in the
+  colour of grass at the top").
+- ``reasoning_editing``: edits with indirect wording ("paint the circle the colour of the sun").
+- ``text_rendering``: one large digit or capital letter in a colour ("the digit 7 in red").
+
+Held-out combinations. A (subject, colour) pair -- subject being a shape or a glyph -- is reserved for the
+``eval`` split iff ``(index of subject + index of colour) % 4 == 0`` (indices into :data:`SHAPES` or
+:data:`GLYPHS` and :data:`OBJECT_COLOURS`). For shapes that is exactly :data:`HELD_OUT_SHAPE_COLOURS`: red and
+blue circles, green and black squares, yellow and white triangles, orange and purple diamonds; every shape and
+every colour still appears in training, only these combinations never do. ``train`` samples contain no held-out
+pair anywhere (source or target). Every ``eval`` sample is built around one: the described object of a
+generation prompt, the recoloured-to / moved / removed / added object of an edit, an object of the scene of a
+background edit, and the (glyph, colour) of a text prompt.
+"""
+
+from __future__ import annotations
+
+import json
+import random
+import string
+from dataclasses import asdict, dataclass, field, replace
+from typing import Any, Callable, Iterable, Optional, Sequence, Union
+
+from PIL import Image, ImageDraw
+
+CAPABILITIES = ("generation", "editing", "reasoning_generation", "reasoning_editing", "text_rendering")
+SPLITS = ("train", "eval")
+
+SHAPES = ("circle", "square", "triangle", "diamond")
+SHAPE_PLURALS = {"circle": "circles", "square": "squares", "triangle": "triangles", "diamond": "diamonds"}
+
+# Objects use eight colours at least ~100 RGB units apart so that ShapeEval can tell them apart in blurry
+# outputs; orange/yellow are the closest pair (103). Grey is background-only, so a grey-ish blend between an
+# object and a white or black background is never mistaken for an object.
+PALETTE: dict[str, tuple[int, int, int]] = {
+    "red": (220, 40, 40),
+    "orange": (245, 135, 0),
+    "yellow": (250, 230, 40),
+    "green": (40, 170, 60),
+    "blue": (40, 90, 220),
+    "purple": (140, 50, 190),
+    "white": (255, 255, 255),
+    "black": (20, 20, 20),
+    "grey": (180, 180, 180),
+}
+OBJECT_COLOURS = ("red", "orange", "yellow", "green", "blue", "purple", "white", "black")
+BACKGROUND_COLOURS = ("grey", "white", "black")
+DEFAULT_BACKGROUND = "grey"
+
+SIZES = ("small", "large")
+# Side of an object's square bounding box as a fraction of its grid cell; "large" leaves a 3 px gap between
+# neighbours at 64 px so that objects never touch, even after a blur.
+SIZE_FRACTIONS = {"small": 0.5, "large": 0.84}
+
+# Cells of the 3x3 grid in row-major order; the name doubles as the caption wording ("move it to the top left").
+POSITIONS = ("top left", "top", "top right", "left", "center", "right", "bottom left", "bottom", "bottom right")
+POSITION_PHRASES = {
+    "top left": "at the top left", "top": "at the top", "top right": "at the top right",
+    "left": "on the left", "center": "in the center", "right": "on the right",
+    "bottom left": "at the bottom left", "bottom": "at the bottom", "bottom right": "at the bottom right",
+}
+
+# 5x7 block glyphs. "I" and "O" are left out because they would be indistinguishable from "1" and "0".
+GLYPH_BITMAPS: dict[str, tuple[str, ...]] = {
+    "0": (".###.", "#...#", "#..##", "#.#.#", "##..#", "#...#", ".###."),
+    "1": ("..#..", ".##..", "..#..", "..#..", "..#..", "..#..", ".###."),
+    "2": (".###.", "#...#", "....#", "...#.", "..#..", ".#...", "#####"),
+    "3": ("#####", "...#.", "..#..", "...#.", "....#", "#...#", ".###."),
+    "4": ("...#.", "..##.", ".#.#.", "#..#.", "#####", "...#.", "...#."),
+    "5": ("#####", "#....", "####.", "....#", "....#", "#...#", ".###."),
+    "6": ("..##.", ".#...", "#....", "####.", "#...#", "#...#", ".###."),
+    "7": ("#####", "....#", "...#.", "..#..", ".#...", ".#...", ".#..."),
+    "8": (".###.", "#...#", "#...#", ".###.", "#...#", "#...#", ".###."),
+    "9": (".###.", "#...#", "#...#", ".####", "....#", "...#.", ".##.."),
+    "A": (".###.", "#...#", "#...#", "#####", "#...#", "#...#", "#...#"),
+    "B": ("####.", "#...#", "#...#", "####.", "#...#", "#...#", "####."),
+    "C": (".###.", "#...#", "#....", "#....", "#....", "#...#", ".###."),
+    "D": ("###..", "#..#.", "#...#", "#...#", "#...#", "#..#.", "###.."),
+    "E": ("#####", "#....", "#....", "####.", "#....", "#....", "#####"),
+    "F": ("#####", "#....", "#....", "####.", "#....", "#....", "#...."),
+    "G": (".###.", "#...#", "#....", "#.###", "#...#", "#...#", ".####"),
+    "H": ("#...#", "#...#", "#...#", "#####", "#...#", "#...#", "#...#"),
+    "J": ("..###", "...#.", "...#.", "...#.", "...#.", "#..#.", ".##.."),
+    "K": ("#...#", "#..#.", "#.#..", "##...", "#.#..", "#..#.", "#...#"),
+    "L": ("#....", "#....", "#....", "#....", "#....", "#....", "#####"),
+    "M": ("#...#", "##.##", "#.#.#", "#.#.#", "#...#", "#...#", "#...#"),
+    "N": ("#...#", "#...#", "##..#", "#.#.#", "#..##", "#...#", "#...#"),
+    "P": ("####.", "#...#", "#...#", "####.", "#....", "#....", "#...."),
+    "Q": (".###.", "#...#", "#...#", "#...#", "#.#.#", "#..#.", ".##.#"),
+    "R": ("####.", "#...#", "#...#", "####.", "#.#..", "#..#.", "#...#"),
+    "S": (".####", "#....", "#....", ".###.", "....#", "....#", "####."),
+    "T": ("#####", "..#..", "..#..", "..#..", "..#..", "..#..", "..#.."),
+    "U": ("#...#", "#...#", "#...#", "#...#", "#...#", "#...#", ".###."),
+    "V": ("#...#", "#...#", "#...#", "#...#", "#...#", ".#.#.", "..#.."),
+    "W": ("#...#", "#...#", "#...#", "#.#.#", "#.#.#", "#.#.#", ".#.#."),
+    "X": ("#...#", "#...#", ".#.#.", "..#..", ".#.#.", "#...#", "#...#"),
+    "Y": ("#...#", "#...#", ".#.#.", "..#..", "..#..", "..#..", "..#.."),
+    "Z": ("#####", "....#", "...#.", "..#..", ".#...", "#....", "#####"),
+}
+GLYPHS = tuple(GLYPH_BITMAPS)
+GLYPH_BLOCK_FRACTION = 0.1  # one bitmap cell is 10% of the image side: a 64 px image gets a 30x42 px glyph
+
+EDIT_OPERATIONS = ("recolour", "move", "remove", "add", "background")
+
+# World knowledge for the reasoning capabilities: "<shape riddle>" names a shape, "the colour of <thing>" a colour.
+SHAPE_RIDDLES: dict[str, tuple[str, ...]] = {
+    "circle": ("round shape", "shape with no corners"),
+    "square": ("shape with four equal sides", "shape with four right angles"),
+    "triangle": ("shape with three corners", "shape with three sides"),
+    "diamond": ("square standing on one corner", "shape like a kite"),
+}
+COLOUR_RIDDLES: dict[str, tuple[str, ...]] = {
+    "red": ("a ripe strawberry", "a fire truck"),
+    "orange": ("a carrot", "a pumpkin"),
+    "yellow": ("a banana", "the sun"),
+    "green": ("grass", "a frog"),
+    "blue": ("the sky", "the sea"),
+    "purple": ("an eggplant", "lavender"),
+    "white": ("snow", "milk"),
+    "black": ("coal", "a crow"),
+    "grey": ("an elephant", "a storm cloud"),
+}
+
+NUMBER_WORDS = {2: "two", 3: "three"}
+RECOLOUR_TEMPLATES = ("make the {shape} {colour}", "paint the {shape} {colour}", "turn the {shape} {colour}",
+                      "change the {shape} to {colour}")
+MOVE_TEMPLATES = ("move the {shape} to the {position}", "put the {shape} {position_phrase}")
+REMOVE_TEMPLATES = ("remove the {shape}", "delete the {shape}", "erase the {shape}")
+ADD_TEMPLATES = ("add {noun_phrase} {position_phrase}", "draw {noun_phrase} {position_phrase}")
+BACKGROUND_TEMPLATES = ("make the background {colour}", "change the background to {colour}")
+TEXT_TEMPLATES = ("the {kind} {glyph} in {colour}", "write the {kind} {glyph} in {colour}",
+                  "draw the {kind} {glyph} in {colour}")
+PAIR_TEMPLATE = "{first} and {second}"
+_ALL_TEMPLATES = (RECOLOUR_TEMPLATES + MOVE_TEMPLATES + REMOVE_TEMPLATES + ADD_TEMPLATES + BACKGROUND_TEMPLATES
+                  + TEXT_TEMPLATES + (PAIR_TEMPLATE,))
+
+HELD_OUT_MODULUS = 4
+MIN_RENDER_SIZE = 16  # below this a small shape is a few pixels and a glyph stroke is under 2 px
+
+
+def _check_choice(name: str, value: Any, choices: Sequence[Any]) -> None:
+    if value not in choices:
+        raise ValueError(f"Unknown {name} {value!r}; expected one of {tuple(choices)}.")
+
+
+def is_held_out(subject: str, colour: str) -> bool:
+    """Whether the (shape or glyph, colour) pair is reserved for the ``eval`` split (rule in the module doc)."""
+    if subject in SHAPES:
+        index = SHAPES.index(subject)
+    elif subject in GLYPHS:
+        index = GLYPHS.index(subject)
+    else:
+        raise ValueError(f"Unknown subject {subject!r}; expected one of SHAPES {SHAPES} or GLYPHS.")
+    _check_choice("colour", colour, OBJECT_COLOURS)
+    return (index + OBJECT_COLOURS.index(colour)) % HELD_OUT_MODULUS == 0
+
+
+HELD_OUT_SHAPE_COLOURS = frozenset((s, c) for s in SHAPES for c in OBJECT_COLOURS if is_held_out(s, c))
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# Scenes and rendering
+# ---------------------------------------------------------------------------------------------------------------
+
+Box = tuple[int, int, int, int]  # (x0, y0, x1, y1), inclusive pixel bounds as PIL's ImageDraw uses them
+
+
+def object_box(position: str, size: str, image_size: int) -> Box:
+    """Bounding box of an object of ``size`` centred in grid cell ``position`` of an ``image_size`` image."""
+    cell = image_size / 3
+    row, col = divmod(POSITIONS.index(position), 3)
+    side = max(2, round(SIZE_FRACTIONS[size] * cell))
+    x0 = round((col + 0.5) * cell - side / 2)
+    y0 = round((row + 0.5) * cell - side / 2)
+    return x0, y0, x0 + side - 1, y0 + side - 1
+
+
+def glyph_box(image_size: int) -> Box:
+    """Bounding box of the centred 5x7 glyph; its cells are whole pixels so strokes have a uniform width."""
+    block = max(1, round(GLYPH_BLOCK_FRACTION * image_size))
+    x0 = (image_size - 5 * block) // 2
+    y0 = (image_size - 7 * block) // 2
+    return x0, y0, x0 + 5 * block - 1, y0 + 7 * block - 1
+
+
+def draw_shape(draw: ImageDraw.ImageDraw, shape: str, box: Box, fill: Union[int, tuple[int, int, int]]) -> None:
+    """Draw a filled ``shape`` inside ``box``; triangles point up and diamonds touch the middle of each side."""
+    x0, y0, x1, y1 = box
+    cx, cy = (x0 + x1) / 2, (y0 + y1) / 2
+    if shape == "circle":
+        draw.ellipse(box, fill=fill)
+    elif shape == "square":
+        draw.rectangle(box, fill=fill)
+    elif shape == "triangle":
+        draw.polygon([(cx, y0), (x1, y1), (x0, y1)], fill=fill)
+    elif shape == "diamond":
+        draw.polygon([(cx, y0), (x1, cy), (cx, y1), (x0, cy)], fill=fill)
+    else:
+        raise ValueError(f"Unknown shape {shape!r}; expected one of {SHAPES}.")
+
+
+def draw_glyph(draw: ImageDraw.ImageDraw, glyph: str, box: Box, fill: Union[int, tuple[int, int, int]]) -> None:
+    """Draw ``glyph``'s 5x7 bitmap scaled to fill ``box``."""
+    _check_choice("glyph", glyph, GLYPHS)
+    x0, y0, x1, y1 = box
+    block_w, block_h = (x1 - x0 + 1) / 5, (y1 - y0 + 1) / 7
+    for row, line in enumerate(GLYPH_BITMAPS[glyph]):
+        for col, cell in enumerate(line):
+            if cell == "#":
+                draw.rectangle((round(x0 + col * block_w), round(y0 + row * block_h),
+                                round(x0 + (col + 1) * block_w) - 1, round(y0 + (row + 1) * block_h) - 1),
+                               fill=fill)
+
+
+@dataclass(frozen=True)
+class ShapeSpec:
+    """One flat shape: ``shape`` in ``colour``, ``size`` "small"/"large", centred in grid cell ``position``."""
+
+    shape: str
+    colour: str
+    position: str
+    size: str = "large"
+
+    def __post_init__(self) -> None:
+        _check_choice("shape", self.shape, SHAPES)
+        _check_choice("object colour", self.colour, OBJECT_COLOURS)
+        _check_choice("position", self.position, POSITIONS)
+        _check_choice("size", self.size, SIZES)
+
+
+@dataclass(frozen=True)
+class GlyphSpec:
+    """A large centred digit or capital letter (one of :data:`GLYPHS`) in ``colour``."""
+
+    glyph: str
+    colour: str
+
+    def __post_init__(self) -> None:
+        _check_choice("glyph", self.glyph, GLYPHS)
+        _check_choice("glyph colour", self.colour, OBJECT_COLOURS)
+
+
+@dataclass(frozen=True)
+class Scene:
+    """A background colour plus either shapes in distinct grid cells or a single glyph.
+
+    Args:
+        objects: the shapes; a list is accepted and stored as a tuple. At most one object per grid cell, and no
+            object in the background colour (it would be invisible).
+        background: one of :data:`BACKGROUND_COLOURS`.
+        glyph: a glyph drawn in the centre; scenes with a glyph have no objects.
+    """
+
+    objects: tuple[ShapeSpec, ...] = ()
+    background: str = DEFAULT_BACKGROUND
+    glyph: Optional[GlyphSpec] = None
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "objects", tuple(self.objects))
+        _check_choice("background", self.background, BACKGROUND_COLOURS)
+        positions = [obj.position for obj in self.objects]
+        if len(set(positions)) != len(positions):
+            raise ValueError(f"Objects must occupy distinct grid cells, got positions {positions}.")
+        hidden = [obj for obj in self.objects if obj.colour == self.background]
+        if hidden or (self.glyph is not None and self.glyph.colour == self.background):
+            raise ValueError(f"Nothing may be drawn in the background colour {self.background!r}; "
+                             "pick another object/glyph colour or background.")
+        if self.glyph is not None and self.objects:
+            raise ValueError("A scene holds either a glyph or shapes, not both; drop the objects or the glyph.")
+
+    def render(self, size: int = 64) -> Image.Image:
+        """Render the scene as a ``size`` x ``size`` RGB image, deterministically and without anti-aliasing."""
+        if size < MIN_RENDER_SIZE:
+            raise ValueError(f"size must be at least {MIN_RENDER_SIZE} px to keep shapes legible, got {size}.")
+        image = Image.new("RGB", (size, size), PALETTE[self.background])
+        draw = ImageDraw.Draw(image)
+        for obj in self.objects:
+            draw_shape(draw, obj.shape, object_box(obj.position, obj.size, size), PALETTE[obj.colour])
+        if self.glyph is not None:
+            draw_glyph(draw, self.glyph.glyph, glyph_box(size), PALETTE[self.glyph.colour])
+        return image
+
+    def to_dict(self) -> dict[str, Any]:
+        """JSON-serialisable description, the form edits store in their metadata."""
+        return {"background": self.background, "objects": [asdict(obj) for obj in self.objects],
+                "glyph": None if self.glyph is None else asdict(self.glyph)}
+
+
+@dataclass
+class Sample:
+    """One training/eval example.
+
+    Args:
+        capability: one of :data:`CAPABILITIES`.
+        prompt: the caption (generation, text) or the instruction (edits).
+        target: the scene a perfect model outputs.
+        source: the input scene of an edit; ``None`` for the generation capabilities.
+        metadata: JSON-serialisable statement of what a correct output satisfies (read by ShapeEval). Always has
+            ``capability``; generation has ``groups`` of required objects, edits ``operation``, ``source`` and
+            ``target`` scene dicts, text rendering ``glyph`` and ``colour``.
+    """
+
+    capability: str
+    prompt: str
+    target: Scene
+    source: Optional[Scene] = None
+    metadata: dict[str, Any] = field(default_factory=dict)
+
+    def target_image(self, size: int = 64) -> Image.Image:
+        return self.target.render(size)
+
+    def source_image(self, size: int = 64) -> Optional[Image.Image]:
+        return None if self.source is None else self.source.render(size)
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# Wording
+# ---------------------------------------------------------------------------------------------------------------
+
+
+def _with_article(phrase: str) -> str:
+    return ("an " if phrase[0] in "aeiou" else "a ") + phrase
+
+
+def _shape_words(rng: random.Random, shape: str, indirect: bool) -> str:
+    return rng.choice(SHAPE_RIDDLES[shape]) if indirect else shape
+
+
+def _colour_words(rng: random.Random, colour: str, indirect: bool) -> str:
+    return f"the colour of {rng.choice(COLOUR_RIDDLES[colour])}" if indirect else colour
+
+
+def _noun_phrase(rng: random.Random, shape: str, colour: str, size: Optional[str] = None,
+                 shape_indirect: bool = False, colour_indirect: bool = False) -> str:
+    """"a large red circle"; indirectly "a large shape with three corners in the colour of grass"."""
+    words = [size] if size else []
+    if not colour_indirect:
+        words.append(colour)
+    words.append(_shape_words(rng, shape, shape_indirect))
+    if colour_indirect:
+        words.append("in " + _colour_words(rng, colour, True))
+    return _with_article(" ".join(words))
+
+
+def _indirection(rng: random.Random, indirect: bool) -> tuple[bool, bool]:
+    """Which of (shape, colour) a prompt words indirectly: neither, or at least one when ``indirect``."""
+    if not indirect:
+        return False, False
+    return rng.choice(((True, False), (False, True), (True, True)))
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# Sampling
+# ---------------------------------------------------------------------------------------------------------------
+
+
+def _pick_colour(rng: random.Random, subject: str, held_out: bool, exclude: Iterable[str] = ()) -> str:
+    """A colour for ``subject`` whose pair is held out (eval focus) or not (everything else), avoiding ``exclude``."""
+    excluded = set(exclude)
+    options = [c for c in OBJECT_COLOURS if c not in excluded and is_held_out(subject, c) == held_out]
+    return rng.choice(options)
+
+
+def _random_objects(rng: random.Random, shapes: Sequence[str], positions: Sequence[str],
+                    exclude_colours: Iterable[str]) -> list[ShapeSpec]:
+    """Objects with training-split colours and random sizes, one per (shape, position)."""
+    excluded = tuple(exclude_colours)
+    return [ShapeSpec(shape, _pick_colour(rng, shape, False, excluded), position, rng.choice(SIZES))
+            for shape, position in zip(shapes, positions)]
+
+
+def _group(shape: str, colour: str, count: int = 1, size: Optional[str] = None,
+           position: Optional[str] = None) -> dict[str, Any]:
+    """A generation requirement: ``count`` objects of (shape, colour); ``None`` size/position is not checked."""
+    return {"shape": shape, "colour": colour, "count": count, "size": size, "position": position}
+
+
+def _sample_generation(rng: random.Random, split: str, indirect: bool) -> Sample:
+    """Single objects with size and position, counts of 2-3, or pairs of objects; reasoning uses single objects."""
+    capability = "reasoning_generation" if indirect else "generation"
+    held_out = split == "eval"
+    task = "single" if indirect else rng.choice(("single", "counting", "pair"))
+    shape = rng.choice(SHAPES)
+    colour = _pick_colour(rng, shape, held_out)
+    size = rng.choice(SIZES)
+    metadata: dict[str, Any] = {"capability": capability, "task": task, "background": DEFAULT_BACKGROUND}
+    if task == "single":
+        position = rng.choice(POSITIONS)
+        shape_indirect, colour_indirect = _indirection(rng, indirect)
+        prompt = (f"{_noun_phrase(rng, shape, colour, size, shape_indirect, colour_indirect)} "
+                  f"{POSITION_PHRASES[position]}")
+        objects = [ShapeSpec(shape, colour, position, size)]
+        metadata["groups"] = [_group(shape, colour, 1, size, position)]
+        if indirect:
+            metadata["indirect"] = [name for name, flag in (("shape", shape_indirect), ("colour", colour_indirect))
+                                    if flag]
+    elif task == "counting":
+        count = rng.choice(tuple(NUMBER_WORDS))
+        prompt = f"{NUMBER_WORDS[count]} {size} {colour} {SHAPE_PLURALS[shape]}"
+        objects = [ShapeSpec(shape, colour, position, size) for position in rng.sample(POSITIONS, count)]
+        metadata["groups"] = [_group(shape, colour, count, size)]
+    else:
+        other_shape = rng.choice(SHAPES)
+        other_colour = _pick_colour(rng, other_shape, False, exclude=[colour] if other_shape == shape else [])
+        pairs = [(shape, colour), (other_shape, other_colour)]
+        rng.shuffle(pairs)
+        prompt = PAIR_TEMPLATE.format(first=_noun_phrase(rng, *pairs[0]), second=_noun_phrase(rng, *pairs[1]))
+        objects = [ShapeSpec(s, c, position, rng.choice(SIZES))
+                   for (s, c), position in zip(pairs, rng.sample(POSITIONS, 2))]
+        metadata["groups"] = [_group(s, c) for s, c in pairs]
+    return Sample(capability, prompt, Scene(objects), metadata=metadata)
+
+
+def _edit_backgrounds(rng: random.Random, operation: str) -> tuple[str, str]:
+    """(source, target) backgrounds: mostly grey, differing only for a background edit."""
+    source = rng.choices(BACKGROUND_COLOURS, weights=(2, 1, 1))[0]
+    if operation != "background":
+        return source, source
+    return source, rng.choice([bg for bg in BACKGROUND_COLOURS if bg != source])
+
+
+def _sample_edit(rng: random.Random, split: str, indirect: bool) -> Sample:
+    """An edit triplet. Objects have distinct shapes, so "the circle" always names exactly one object.
+
+    The edited object is the first source object (shapes and cells are drawn in random order), or the new one
+    for "add". In the eval split its (shape, colour) pair is held out: the new colour for "recolour", the object
+    as it is for the other operations (for "background", the first object stands in).
+    """
+    held_out = split == "eval"
+    operation = rng.choice(EDIT_OPERATIONS)
+    source_bg, target_bg = _edit_backgrounds(rng, operation)
+    backgrounds = {source_bg, target_bg}
+    shape_indirect, colour_indirect = _indirection(rng, indirect)
+    count = rng.randint(0, 2) if operation == "add" else rng.randint(1, 3)
+    shapes = rng.sample(SHAPES, count + 1)  # one spare shape and cell, used by "add" and "move"
+    cells = rng.sample(POSITIONS, count + 1)
+    objects = _random_objects(rng, shapes[:count], cells[:count], backgrounds)
+    if held_out and operation in ("move", "remove", "background"):
+        objects[0] = replace(objects[0], colour=_pick_colour(rng, objects[0].shape, True, backgrounds))
+    target_objects = list(objects)
+
+    if operation == "recolour":
+        edited = objects[0]
+        new_colour = _pick_colour(rng, edited.shape, held_out, backgrounds | {edited.colour})
+        target_objects[0] = replace(edited, colour=new_colour)
+        instruction = rng.choice(RECOLOUR_TEMPLATES).format(
+            shape=_shape_words(rng, edited.shape, shape_indirect),
+            colour=_colour_words(rng, new_colour, colour_indirect))
+    elif operation == "move":
+        edited, destination = objects[0], cells[count]
+        target_objects[0] = replace(edited, position=destination)
+        instruction = rng.choice(MOVE_TEMPLATES).format(
+            shape=_shape_words(rng, edited.shape, indirect), position=destination,
+            position_phrase=POSITION_PHRASES[destination])
+    elif operation == "remove":
+        del target_objects[0]
+        instruction = rng.choice(REMOVE_TEMPLATES).format(shape=_shape_words(rng, objects[0].shape, indirect))
+    elif operation == "add":
+        shape, position = shapes[count], cells[count]
+        added = ShapeSpec(shape, _pick_colour(rng, shape, held_out, backgrounds), position, rng.choice(SIZES))
+        target_objects.insert(0, added)
+        instruction = rng.choice(ADD_TEMPLATES).format(
+            noun_phrase=_noun_phrase(rng, shape, added.colour, added.size, shape_indirect, colour_indirect),
+            position_phrase=POSITION_PHRASES[position])
+    else:
+        instruction = rng.choice(BACKGROUND_TEMPLATES).format(colour=_colour_words(rng, target_bg, indirect))
+
+    source, target = Scene(objects, source_bg), Scene(target_objects, target_bg)
+    capability = "reasoning_editing" if indirect else "editing"
+    metadata = {"capability": capability, "operation": operation,
+                "source": source.to_dict(), "target": target.to_dict()}
+    return Sample(capability, instruction, target, source, metadata)
+
+
+def _sample_text(rng: random.Random, split: str, indirect: bool) -> Sample:
+    glyph = rng.choice(GLYPHS)
+    colour = _pick_colour(rng, glyph, split == "eval")
+    kind = "digit" if glyph.isdigit() else "letter"
+    prompt = rng.choice(TEXT_TEMPLATES).format(kind=kind, glyph=glyph, colour=colour)
+    metadata = {"capability": "text_rendering", "glyph": glyph, "colour": colour, "background": DEFAULT_BACKGROUND}
+    return Sample("text_rendering", prompt, Scene(glyph=GlyphSpec(glyph, colour)), metadata=metadata)
+
+
+_SAMPLERS: dict[str, tuple[Callable[[random.Random, str, bool], Sample], bool]] = {
+    "generation": (_sample_generation, False),
+    "editing": (_sample_edit, False),
+    "reasoning_generation": (_sample_generation, True),
+    "reasoning_editing": (_sample_edit, True),
+    "text_rendering": (_sample_text, False),
+}
+
+
+def sample(capability: str, rng: Union[int, random.Random], split: str = "train") -> Sample:
+    """Draw one sample of ``capability`` from ``split``.
+
+    Args:
+        capability: one of :data:`CAPABILITIES`.
+        rng: a seed or a ``random.Random``; the same seed always gives the same sample.
+        split: "train" (no held-out combination anywhere) or "eval" (built around a held-out combination).
+    """
+    _check_choice("capability", capability, CAPABILITIES)
+    _check_choice("split", split, SPLITS)
+    generator = rng if isinstance(rng, random.Random) else random.Random(rng)
+    sampler, indirect = _SAMPLERS[capability]
+    return sampler(generator, split, indirect)
+
+
+def dataset(split: str, n: int, seed: int = 0, capabilities: Sequence[str] = CAPABILITIES) -> list[Sample]:
+    """``n`` samples cycling through ``capabilities``, deterministic in (split, n, seed).
+
+    Sample ``i`` depends only on (split, seed, i), so a smaller ``n`` gives a prefix of a larger one.
+    """
+    if not capabilities:
+        raise ValueError(f"capabilities must name at least one of {CAPABILITIES}.")
+    for capability in capabilities:
+        _check_choice("capability", capability, CAPABILITIES)
+    if n < 0:
+        raise ValueError(f"n must be a non-negative number of samples, got {n}.")
+    return [sample(capabilities[i % len(capabilities)], random.Random(f"shapeworld/{split}/{seed}/{i}"), split)
+            for i in range(n)]
+
+
+def to_records(samples: Iterable[Sample], size: int = 64) -> list[dict[str, Any]]:
+    """Rows for ``datasets.Dataset.from_list``; ``metadata`` is a JSON string, ``source_image`` None if no edit."""
+    return [{"image": s.target_image(size), "source_image": s.source_image(size), "prompt": s.prompt,
+             "capability": s.capability, "metadata": json.dumps(s.metadata, sort_keys=True)}
+            for s in samples]
+
+
+def caption_corpus() -> list[str]:
+    """Every word and phrase a prompt can contain (sorted, unique), e.g. to train a tiny tokenizer."""
+    phrases = set(SHAPES) | set(SHAPE_PLURALS.values()) | set(PALETTE) | set(SIZES) | set(POSITIONS)
+    phrases |= set(POSITION_PHRASES.values()) | set(NUMBER_WORDS.values()) | set(GLYPHS) | {"digit", "letter"}
+    phrases |= {"a", "an", "in", "the colour of", "to the"}
+    phrases |= {riddle for riddles in SHAPE_RIDDLES.values() for riddle in riddles}
+    phrases |= {f"the colour of {thing}" for things in COLOUR_RIDDLES.values() for thing in things}
+    for template in _ALL_TEMPLATES:
+        phrases |= {literal.strip() for literal, *_ in string.Formatter().parse(template) if literal.strip()}
+    return sorted(phrases)

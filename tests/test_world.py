@@ -1,0 +1,146 @@
+"""Tests for the procedural shape world (deepgen/world.py)."""
+
+import json
+import random
+
+import numpy as np
+import pytest
+
+from deepgen import world
+
+
+def _pairs(scene: world.Scene) -> set[tuple[str, str]]:
+    """Every (subject, colour) pair drawn in a scene."""
+    pairs = {(obj.shape, obj.colour) for obj in scene.objects}
+    if scene.glyph is not None:
+        pairs.add((scene.glyph.glyph, scene.glyph.colour))
+    return pairs
+
+
+def _focus_pairs(sample: world.Sample) -> set[tuple[str, str]]:
+    """The pairs an eval sample is built around: described, added, removed or (background edits) present."""
+    metadata = sample.metadata
+    if sample.capability == "text_rendering":
+        return {(metadata["glyph"], metadata["colour"])}
+    if sample.source is None:
+        return {(group["shape"], group["colour"]) for group in metadata["groups"]}
+    changed = set(sample.source.objects) ^ set(sample.target.objects)
+    return _pairs(sample.source) if metadata["operation"] == "background" else {(o.shape, o.colour) for o in changed}
+
+
+def test_dataset_is_deterministic():
+    first, second = world.dataset("train", 15, seed=7), world.dataset("train", 15, seed=7)
+    assert [s.prompt for s in first] == [s.prompt for s in second]
+    assert [s.metadata for s in first] == [s.metadata for s in second]
+    for a, b in zip(first, second):
+        assert a.target_image(64).tobytes() == b.target_image(64).tobytes()
+    assert [s.prompt for s in world.dataset("train", 15, seed=8)] != [s.prompt for s in first]
+    assert [s.prompt for s in world.dataset("train", 5, seed=7)] == [s.prompt for s in first[:5]]
+
+
+def test_sample_accepts_seed_or_generator():
+    assert world.sample("editing", 3).prompt == world.sample("editing", random.Random(3)).prompt
+
+
+def test_held_out_rule_matches_documented_pairs():
+    assert world.HELD_OUT_SHAPE_COLOURS == {
+        ("circle", "red"), ("circle", "blue"), ("square", "green"), ("square", "black"),
+        ("triangle", "yellow"), ("triangle", "white"), ("diamond", "orange"), ("diamond", "purple")}
+    # Only combinations are new in eval: every shape and every colour also has training pairs.
+    train_pairs = {(s, c) for s in world.SHAPES for c in world.OBJECT_COLOURS} - world.HELD_OUT_SHAPE_COLOURS
+    assert {s for s, _ in train_pairs} == set(world.SHAPES)
+    assert {c for _, c in train_pairs} == set(world.OBJECT_COLOURS)
+
+
+def test_splits_use_disjoint_combinations():
+    for sample in world.dataset("train", 400, seed=0):
+        scenes = [sample.target] + ([sample.source] if sample.source else [])
+        assert not any(world.is_held_out(*pair) for scene in scenes for pair in _pairs(scene)), sample.prompt
+    for sample in world.dataset("eval", 400, seed=0):
+        assert any(world.is_held_out(*pair) for pair in _focus_pairs(sample)), sample.prompt
+
+
+@pytest.mark.parametrize("capability", world.CAPABILITIES)
+@pytest.mark.parametrize("split", world.SPLITS)
+def test_every_capability_produces_valid_samples(capability, split):
+    for seed in range(15):
+        sample = world.sample(capability, seed, split)
+        assert sample.capability == capability == sample.metadata["capability"]
+        assert sample.prompt and sample.prompt == sample.prompt.strip()
+        assert json.loads(json.dumps(sample.metadata)) == sample.metadata
+        is_edit = capability in ("editing", "reasoning_editing")
+        assert (sample.source is not None) == is_edit
+        assert (sample.source_image(32) is not None) == is_edit
+        image = sample.target_image(48)
+        assert image.mode == "RGB" and image.size == (48, 48)
+
+
+def test_edits_change_only_what_the_instruction_says():
+    samples = world.dataset("train", 200, seed=1, capabilities=("editing", "reasoning_editing"))
+    assert {s.metadata["operation"] for s in samples} == set(world.EDIT_OPERATIONS)
+    for sample in samples:
+        source, target, operation = sample.source, sample.target, sample.metadata["operation"]
+        removed = [o for o in source.objects if o not in target.objects]
+        added = [o for o in target.objects if o not in source.objects]
+        assert (source.background != target.background) == (operation == "background")
+        if operation in ("recolour", "move"):
+            assert len(removed) == len(added) == 1
+            old, new = removed[0], added[0]
+            changed = {field for field in ("shape", "colour", "position", "size")
+                       if getattr(old, field) != getattr(new, field)}
+            assert changed == ({"colour"} if operation == "recolour" else {"position"})
+        else:
+            assert (len(removed), len(added)) == {"remove": (1, 0), "add": (0, 1), "background": (0, 0)}[operation]
+        if sample.capability == "editing" and operation != "background":
+            assert (removed or added)[0].shape in sample.prompt
+        assert not np.array_equal(np.asarray(sample.source_image(64)), np.asarray(sample.target_image(64)))
+
+
+def test_edit_instructions_name_the_new_colour():
+    for sample in world.dataset("train", 60, seed=2, capabilities=("editing",)):
+        operation = sample.metadata["operation"]
+        if operation in ("recolour", "add"):
+            new = next(o for o in sample.target.objects if o not in sample.source.objects)
+            assert new.colour in sample.prompt
+        elif operation == "background":
+            assert sample.target.background in sample.prompt
+
+
+@pytest.mark.parametrize("size", [32, 64, 128])
+def test_render_size(size):
+    scene = world.Scene([world.ShapeSpec("triangle", "red", "top left", "small"),
+                         world.ShapeSpec("circle", "blue", "center")])
+    image = scene.render(size)
+    assert image.mode == "RGB" and image.size == (size, size)
+    assert image.getpixel((size - 1, size - 1)) == world.PALETTE["grey"]
+    assert image.getpixel((size // 2, size // 2)) == world.PALETTE["blue"]
+
+
+def test_scene_rejects_invalid_layouts():
+    with pytest.raises(ValueError, match="distinct grid cells"):
+        world.Scene([world.ShapeSpec("circle", "red", "left"), world.ShapeSpec("square", "blue", "left")])
+    with pytest.raises(ValueError, match="background colour"):
+        world.Scene([world.ShapeSpec("circle", "black", "left")], background="black")
+    with pytest.raises(ValueError, match="Unknown shape"):
+        world.ShapeSpec("hexagon", "red", "left")
+    with pytest.raises(ValueError, match="at least"):
+        world.Scene().render(8)
+    with pytest.raises(ValueError, match="Unknown capability"):
+        world.sample("painting", 0)
+
+
+def test_caption_corpus_covers_every_prompt_word():
+    vocabulary = {word for phrase in world.caption_corpus() for word in phrase.split()}
+    for sample in world.dataset("train", 300, seed=3) + world.dataset("eval", 100, seed=3):
+        assert set(sample.prompt.split()) <= vocabulary, sample.prompt
+
+
+def test_to_records():
+    samples = world.dataset("train", 5, seed=0)
+    records = world.to_records(samples, size=32)
+    assert [r["prompt"] for r in records] == [s.prompt for s in samples]
+    for record, sample in zip(records, samples):
+        assert set(record) == {"image", "source_image", "prompt", "capability", "metadata"}
+        assert record["image"].size == (32, 32)
+        assert (record["source_image"] is None) == (sample.source is None)
+        assert json.loads(record["metadata"]) == sample.metadata
