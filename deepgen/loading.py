@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import json
 import logging
+import os
 import re
 import shutil
 import tempfile
@@ -375,11 +376,13 @@ def save_pipeline_folder(pipe: "DeepGenPipeline", save_directory: Union[str, Pat
     """Write the pipeline to ``save_directory`` atomically (a temporary folder renamed into place)."""
     for name in ("vlm", "transformer"):
         if is_merged(getattr(pipe, name)):
-            raise ValueError(f"The {name}'s LoRA is merged into its weights; call pipe.unmerge_lora() before "
-                             "saving so base weights and adapters are stored apart.")
+            raise ValueError(f"The {name}'s LoRA is merged into its weights; call "
+                             f"deepgen.lora.unmerge_lora(pipe.{name}) before saving so base weights and adapters "
+                             "are stored apart.")
     target = Path(save_directory)
     target.parent.mkdir(parents=True, exist_ok=True)
     staging = Path(tempfile.mkdtemp(prefix=f".{target.name}.", dir=target.parent))
+    os.chmod(staging, 0o755)  # mkdtemp makes 0700; the saved folder should be readable like any other
     try:
         pipe.vlm.config.save_pretrained(staging / "vlm")
         _save_base_weights(pipe.vlm, staging / "vlm", "model.safetensors")

@@ -1,0 +1,194 @@
+"""Training plumbing: the freeze/LoRA schedule (exactly the intended parameters get gradients), the LR schedule,
+atomic checkpoints (a crash mid-save leaves the previous one intact, no temp folders), resume bookkeeping."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+import torch
+from accelerate.state import AcceleratorState, GradientState
+from safetensors.torch import load_file
+
+from deepgen import DeepGenPipeline
+from deepgen.training import trainer
+from deepgen.training.config import load_config
+from deepgen.training.data import Batch
+
+SIZE = 32
+LM_HEAD_LORA = "vlm.lm_head.lora_"  # DeepGen never calls lm_head, so its adapter can never get a gradient
+
+
+@pytest.fixture(autouse=True)
+def _fresh_accelerate_state():
+    yield
+    AcceleratorState._reset_state(reset_partial_state=True)
+    GradientState._reset_state()
+
+
+def _config(tmp_path, *overrides):
+    return load_config(None, ["model.pretrained=tiny", f"output_dir={tmp_path}", "data.resolution=32", *overrides])
+
+
+def _batch(edit: bool) -> Batch:
+    generator = torch.Generator().manual_seed(1)
+    pixels = torch.rand(2, 3, SIZE, SIZE, generator=generator) * 2 - 1
+    sources = torch.rand(2, 3, SIZE, SIZE, generator=generator) * 2 - 1 if edit else None
+    return Batch(pixels, ["a red circle", ""], sources)
+
+
+def _backward(pipe, config, accelerator, edit):
+    module = trainer.TrainingModule(pipe.model)
+    loss = trainer.flow_matching_loss_on_batch(pipe, module, _batch(edit), trainer.training_scheduler(pipe),
+                                               config.loss, torch.Generator().manual_seed(0), accelerator)
+    loss.backward()
+    assert torch.isfinite(loss)
+    return {name for name, p in pipe.model.named_parameters() if p.grad is not None}
+
+
+def test_stage1_schedule_trains_exactly_the_bridge(tmp_path):
+    config = _config(tmp_path)
+    pipe = DeepGenPipeline.from_config("tiny", seed=0)
+    trainable = trainer.apply_training_schedule(pipe, config)
+    names = {name for name, _ in trainable}
+    bridge = {f"connector.{name}" for name, _ in pipe.connector.named_parameters()}
+    assert names == bridge
+    assert {"connector.meta_queries", "connector.projector_1.weight", "connector.projector_3.bias"} <= names
+    assert all(n.startswith(("connector.meta_queries", "connector.projector_", "connector.connector.")) for n in names)
+    assert not any(p.requires_grad for p in pipe.vae.parameters())
+    assert (pipe.vlm.training, pipe.transformer.training, pipe.vae.training, pipe.connector.training) == \
+        (False, False, False, True)
+    accelerator = trainer.build_accelerator(config)
+    assert _backward(pipe, config, accelerator, edit=True) == names  # think tokens get gradients through the VLM
+
+
+def test_stage2_schedule_trains_bridge_dit_and_vlm_lora(tmp_path):
+    config = _config(tmp_path, "train_transformer=true", "vlm_lora={rank: 2, alpha: 4}")
+    pipe = DeepGenPipeline.from_config("tiny", seed=0)
+    trainable = trainer.apply_training_schedule(pipe, config)
+    names = {name for name, _ in trainable}
+    all_names = {name for name, _ in pipe.model.named_parameters()}
+    expected = {n for n in all_names if n.startswith(("connector.", "transformer.")) or
+                (n.startswith("vlm.") and "lora_" in n)}
+    assert names == expected
+    assert not any(n.startswith("vlm.") and "lora_" not in n for n in names)  # no VLM base weights
+    assert any(".visual." in n for n in names) and any("embed_tokens.lora_embedding" in n for n in names)
+    assert pipe.vlm.training and pipe.transformer.training
+    accelerator = trainer.build_accelerator(config)
+    with_grads = _backward(pipe, config, accelerator, edit=True)
+    assert with_grads <= names
+    # Hidden state k is the output of decoder layer k - 1, so layers >= max(scb_layers) feed nothing SCB reads
+    # (the authors' range(L - 1, 0, -6) never uses the last layer); with lm_head, their LoRA gets no gradient.
+    unread = tuple(f"vlm.model.language_model.layers.{i}." for i in
+                   range(max(pipe.connector.scb_layers), pipe.vlm.config.get_text_config().num_hidden_layers))
+    assert unread and names - with_grads == {n for n in names if n.startswith((LM_HEAD_LORA, *unread))}
+    # Under DDP a text-only batch leaves the ViT's LoRA unused: the accelerator must tolerate it.
+    assert accelerator.ddp_handler is None or accelerator.ddp_handler.find_unused_parameters
+
+
+def test_base_models_start_with_a_fresh_bridge(tmp_path, tiny_pipe):
+    """The full recipe's stage 1 starts from Qwen2.5-VL + the Kontext DiT folders and a new bridge."""
+    tiny_pipe.save_pretrained(tmp_path / "base")
+    tiny_pipe.tokenizer.save_pretrained(tmp_path / "base" / "vlm")  # a Qwen folder carries its tokenizer
+    config = _config(tmp_path, "model.pretrained=null", f"model.base_vlm={tmp_path / 'base' / 'vlm'}",
+                     f"model.base_dit={tmp_path / 'base'}", "model.bridge_preset=tiny")
+    pipe = trainer.load_pipeline(config.model)
+    for name in ("vlm", "transformer", "vae"):
+        for (key, p), q in zip(getattr(pipe, name).state_dict().items(),
+                               getattr(tiny_pipe, name).state_dict().values()):
+            assert torch.equal(p, q), f"{name}.{key}"
+    assert not torch.equal(pipe.connector.meta_queries, tiny_pipe.connector.meta_queries)
+    assert not pipe.connector.projector_3.weight.any()  # zero heads: the DiT starts unconditional
+    accelerator = trainer.build_accelerator(config)
+    trainable = trainer.apply_training_schedule(pipe, config)
+    assert _backward(pipe, config, accelerator, edit=False) == {name for name, _ in trainable}
+
+
+def test_lr_schedule_warmup_then_cosine(tmp_path):
+    config = _config(tmp_path, "max_steps=100", "optim.warmup_ratio=0.1", "optim.lr=1.0")
+    optimizer = trainer.build_optimizer([torch.nn.Parameter(torch.zeros(1))], config.optim)
+    schedule = trainer.build_lr_scheduler(optimizer, config)
+    rates = []
+    for _ in range(100):
+        rates.append(schedule.get_last_lr()[0])
+        optimizer.step()
+        schedule.step()
+    assert rates[0] == 0.0 and rates[5] == pytest.approx(0.5) and rates[10] == pytest.approx(1.0)
+    assert rates[55] == pytest.approx(0.5) and rates[99] < 1e-3
+
+
+class _Boom(RuntimeError):
+    pass
+
+
+def _manager(tmp_path, keep=2):
+    config = _config(tmp_path, f"keep_checkpoints={keep}")
+    accelerator = trainer.build_accelerator(config)
+    weight = torch.nn.Parameter(torch.arange(4.0))
+    optimizer = trainer.build_optimizer([weight], config.optim)
+    schedule = trainer.build_lr_scheduler(optimizer, config)
+    optimizer, schedule = accelerator.prepare(optimizer, schedule)
+    return trainer.CheckpointManager(str(tmp_path), accelerator, [("w", weight)], keep=keep), weight, accelerator
+
+
+def test_checkpoint_crash_mid_save_keeps_previous_and_leaks_nothing(tmp_path, monkeypatch):
+    manager, weight, accelerator = _manager(tmp_path)
+    first = manager.save(1)
+    assert torch.equal(load_file(first / trainer.TRAINABLE_WEIGHTS)["w"], torch.arange(4.0))
+    with torch.no_grad():
+        weight.add_(10)
+
+    real_save_state = accelerator.save_state
+
+    def crash_after_partial_write(output_dir, **kwargs):
+        real_save_state(output_dir, **kwargs)  # files are half-way there when the "crash" happens
+        raise _Boom("disk full")
+
+    monkeypatch.setattr(accelerator, "save_state", crash_after_partial_write)
+    with pytest.raises(_Boom):
+        manager.save(2)
+    assert manager.checkpoints() == [first]
+    assert sorted(p.name for p in manager.root.iterdir()) == ["checkpoint-1"]  # no temp folder left
+    assert json.loads((first / trainer.TRAINER_STATE).read_text())["step"] == 1
+    assert torch.equal(load_file(first / trainer.TRAINABLE_WEIGHTS)["w"], torch.arange(4.0))
+
+
+def test_stale_temp_folders_are_cleaned_and_old_checkpoints_pruned(tmp_path):
+    stale = tmp_path / "checkpoints" / f"{trainer.TEMP_PREFIX}checkpoint-7"
+    stale.mkdir(parents=True)
+    (stale / "optimizer.bin").write_bytes(b"half")
+    manager, _, _ = _manager(tmp_path, keep=2)
+    assert not stale.exists()  # a killed run's leftovers are removed at start-up
+    for step in (1, 2, 3):
+        manager.save(step)
+    assert [p.name for p in manager.checkpoints()] == ["checkpoint-2", "checkpoint-3"]
+    assert manager.resolve("latest").name == "checkpoint-3" and manager.resolve(None) is None
+    with pytest.raises(ValueError, match="not a checkpoint folder"):
+        manager.resolve(str(tmp_path))
+
+
+def test_resume_restores_trainable_weights(tmp_path):
+    manager, weight, _ = _manager(tmp_path)
+    manager.save(5)
+    with torch.no_grad():
+        weight.zero_()
+    assert manager.resume("latest") == 5
+    assert torch.equal(weight.detach(), torch.arange(4.0))
+
+
+def test_load_trainable_refuses_a_different_schedule(tmp_path):
+    manager, _, _ = _manager(tmp_path)
+    path = manager.save(1) / trainer.TRAINABLE_WEIGHTS
+    with pytest.raises(ValueError, match="missing.*unexpected"):
+        trainer.load_trainable([("other", torch.nn.Parameter(torch.zeros(4)))], path)
+
+
+def test_loss_log_drops_lines_after_the_resumed_step(tmp_path):
+    config = _config(tmp_path)
+    accelerator = trainer.build_accelerator(config)
+    log = trainer.LossLog(str(tmp_path), accelerator)
+    for step in (1, 2, 3):
+        log.log({"step": step, "loss": float(step)})
+    trainer.LossLog(str(tmp_path), accelerator, resumed_step=2)
+    lines = [json.loads(line) for line in (tmp_path / trainer.LOSS_LOG).read_text().splitlines()]
+    assert [line["step"] for line in lines] == [1, 2]
