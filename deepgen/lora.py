@@ -88,7 +88,9 @@ def save_lora(module: nn.Module, directory: Union[str, Path], adapter_name: str 
         raise ValueError(f"The module has no LoRA adapter named {adapter_name!r}.")
     directory = Path(directory)
     directory.mkdir(parents=True, exist_ok=True)
-    state = get_peft_model_state_dict(module, adapter_name=adapter_name)
+    # Adapter tensors only: peft would otherwise add the full base weights of adapted embeddings, which are
+    # saved with the model already (and, tied to lm_head, share memory, which safetensors refuses).
+    state = get_peft_model_state_dict(module, adapter_name=adapter_name, save_embedding_layers=False)
     save_file({k: v.detach().contiguous().cpu() for k, v in state.items()}, directory / ADAPTER_WEIGHTS)
     config_dict = config.to_dict()
     config_dict["target_modules"] = sorted(config_dict["target_modules"])

@@ -222,9 +222,17 @@ class DeepGenPipeline(DiffusionPipeline):
             raise ValueError(f"All prompts of a batch must have the same number of reference images, got {counts}.")
         rgb = [[to_rgb(i) for i in refs] for refs in per_prompt]
         first = rgb[0][0]
-        if height is None or width is None:
-            long_side = max(height or 0, width or 0) or min(DEFAULT_SIZE, max(first.size))
-            width, height = fit_size(*first.size, max_side=max(32, long_side))
+        if height is None and width is None:
+            width, height = fit_size(*first.size, max_side=max(32, min(DEFAULT_SIZE, max(first.size))))
+        elif height is None or width is None:
+            # One side given: keep the source's aspect ratio for the other (multiples of 32).
+            source_w, source_h = first.size
+            if height is None:
+                height = max(32, round(width * source_h / source_w / 32) * 32)
+            else:
+                width = max(32, round(height * source_w / source_h / 32) * 32)
+            if max(height, width) > self._max_side():
+                width, height = fit_size(width, height, self._max_side())
         tensors = []
         for refs in rgb:
             if len(refs) == 1:
@@ -232,6 +240,13 @@ class DeepGenPipeline(DiffusionPipeline):
             else:
                 sizes = [fit_size(*ref.size, max_side=max(width, height)) for ref in refs]
             tensors.append([pil_to_tensor(ref, size) for ref, size in zip(refs, sizes)])
+        for k in range(len(tensors[0])):
+            # The k-th references of all prompts are VAE-encoded and fed to the DiT as one batch.
+            sizes = sorted({tuple(refs[k].shape[-2:]) for refs in tensors})
+            if len(sizes) > 1:
+                raise ValueError(f"Reference image {k} has different sizes across prompts after resizing (H, W) "
+                                 f"{sizes}; give the prompts' k-th references the same aspect ratio, or run the "
+                                 "prompts in separate calls.")
         return tensors, height, width
 
     # --- conditioning -----------------------------------------------------------------------------------------
@@ -336,7 +351,7 @@ class DeepGenPipeline(DiffusionPipeline):
         # 1. Check inputs and choose the output size.
         prompts = self.check_inputs(prompt, negative_prompt, height, width, num_inference_steps, guidance_scale,
                                     num_images_per_prompt)
-        negatives = [negative_prompt or ""] * len(prompts) if not isinstance(negative_prompt, list) \
+        negatives = [negative_prompt or ""] * len(prompts) if not isinstance(negative_prompt, (list, tuple)) \
             else list(negative_prompt)
         references, height, width = self.prepare_images(image, len(prompts), height, width)
         device = self._execution_device

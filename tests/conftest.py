@@ -19,7 +19,7 @@ def tiny_pipe():
     return pipe
 
 
-@pytest.fixture
+@pytest.fixture(scope="session")
 def golden() -> Path:
     if not (GOLDEN / "FIXTURE.md").is_file():
         pytest.skip(f"parity fixture not found at {GOLDEN} (a fresh clone has no ../shared; CI always has it)")
