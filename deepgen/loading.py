@@ -296,8 +296,8 @@ def _resolve_folder(name_or_path: Union[str, Path], hub_kwargs: dict[str, Any]) 
     return Path(snapshot_download(str(name_or_path), **hub_kwargs))
 
 
-def _load_release_bridge(folder: Path, vlm_config: Any, transformer_config: Any,
-                         torch_dtype: torch.dtype) -> StackedChannelBridge:
+def _load_release_bridge(folder: Path, vlm_config: Any, transformer_config: Any, torch_dtype: torch.dtype,
+                         overrides: dict[str, Any]) -> StackedChannelBridge:
     """The diffusers release's ``connector/``: key names are unpublished, so match the native names with any
     prefix in front, infer sizes from shapes and the ``deepgen-1.0`` preset, and fail on anything unmatched."""
     files = sorted(folder.glob("*.safetensors"))
@@ -315,7 +315,7 @@ def _load_release_bridge(folder: Path, vlm_config: Any, transformer_config: Any,
         raise ValueError(f"{len(unmatched)} tensors in {folder} match no SCB parameter name, e.g. {unmatched[:10]}.")
     preset = get_preset("deepgen-1.0").connector
     settings = {"num_attention_heads": preset.num_attention_heads, "hidden_act": preset.hidden_act,
-                "layer_norm_eps": preset.layer_norm_eps, "scb_layers": None}
+                "layer_norm_eps": preset.layer_norm_eps, "scb_layers": None, **overrides}
     bridge = StackedChannelBridge(**bridge_config_from_state_dict(state, vlm_config, transformer_config, settings))
     _check_load("SCB bridge", bridge.load_state_dict(state, strict=False), allow_missing=False)
     return bridge.to(torch_dtype)
@@ -328,6 +328,8 @@ def load_pipeline_folder(cls: type["DeepGenPipeline"], name_or_path: Union[str, 
     hub_kwargs = {k: kwargs.pop(k) for k in ("revision", "token", "cache_dir", "local_files_only") if k in kwargs}
     components = {k: kwargs.pop(k) for k in ("vlm", "tokenizer", "connector", "transformer", "vae", "scheduler")
                   if k in kwargs}
+    bridge_overrides = {k: kwargs.pop(k) for k in ("num_attention_heads", "hidden_act", "layer_norm_eps",
+                                                   "scb_layers") if k in kwargs}
     if kwargs:
         raise ValueError(f"Unknown from_pretrained arguments {sorted(kwargs)}.")
     root = _resolve_folder(name_or_path, hub_kwargs)
@@ -357,7 +359,7 @@ def load_pipeline_folder(cls: type["DeepGenPipeline"], name_or_path: Union[str, 
         ours = config_file.is_file() and json.loads(config_file.read_text()).get("_class_name") == \
             StackedChannelBridge.__name__
         connector = StackedChannelBridge.from_pretrained(root / "connector", torch_dtype=torch_dtype) if ours else \
-            _load_release_bridge(root / "connector", vlm.config, transformer.config, torch_dtype)
+            _load_release_bridge(root / "connector", vlm.config, transformer.config, torch_dtype, bridge_overrides)
     return cls(vlm=vlm.eval(), tokenizer=tokenizer, connector=connector.eval(), transformer=transformer.eval(),
                vae=vae.eval(), scheduler=scheduler)
 

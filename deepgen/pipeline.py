@@ -113,8 +113,11 @@ class DeepGenPipeline(DiffusionPipeline):
         Args:
             pretrained_model_name_or_path: a local folder or a hub id.
             torch_dtype: dtype of the weights (default float32; use ``torch.bfloat16`` on GPU).
-            kwargs: components to use instead of the saved ones (``scheduler=...``, ``tokenizer=...``), and hub
-                options (``revision``, ``token``, ``cache_dir``, ``local_files_only``).
+            kwargs: components to use instead of the saved ones (``scheduler=...``, ``tokenizer=...``); hub
+                options (``revision``, ``token``, ``cache_dir``, ``local_files_only``); and, for the diffusers
+                release's connector (whose config is not published), what its shapes cannot tell:
+                ``num_attention_heads``, ``hidden_act``, ``layer_norm_eps``, ``scb_layers`` (default: the
+                ``deepgen-1.0`` preset).
         """
         from .loading import load_pipeline_folder
 

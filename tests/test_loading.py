@@ -321,6 +321,18 @@ def test_release_folder_unmatched_keys_fail(tmp_path):
         DeepGenPipeline.from_pretrained(tmp_path / "missing")
 
 
+def test_fixture_as_release_folder_with_connector_overrides(golden, tmp_path):
+    """The golden model laid out like the diffusers release loads exactly once told its connector's head count
+    (the release publishes no connector config; the default is the deepgen-1.0 preset's 32 heads)."""
+    pipe = _golden_pipe(golden)
+    _write_release_folder(pipe, tmp_path / "release")
+    default = DeepGenPipeline.from_pretrained(tmp_path / "release")
+    assert default.connector.config.connector_config["num_attention_heads"] == 32
+    assert not torch.allclose(_golden_pooled(default), _golden_pooled(pipe))
+    loaded = DeepGenPipeline.from_pretrained(tmp_path / "release", num_attention_heads=2)
+    assert torch.equal(_golden_pooled(loaded), _golden_pooled(pipe))
+
+
 def test_from_pretrained_bad_locations(tmp_path):
     (tmp_path / "model.pt").write_bytes(b"")
     with pytest.raises(ValueError, match="from_native_checkpoint"):
