@@ -2,7 +2,7 @@
 
 Prints one table row per stage (VLM encode, SCB, each denoising step, VAE decode) for a preset with random
 weights (no download), at a given size and step count. Peak memory is CUDA's allocator peak on GPU, and the
-peak resident-set growth over the stage (sampled every millisecond) on CPU.
+process's peak resident set during the stage (sampled every 10 ms) on CPU.
 
     python benchmarks/bench_pipeline.py --preset tiny --size 256 --steps 4             # CPU
     python benchmarks/bench_pipeline.py --preset deepgen-1.0 --size 512 --steps 50     # CUDA, bf16
@@ -12,61 +12,41 @@ from __future__ import annotations
 
 import argparse
 import platform
-import threading
 import time
 from contextlib import contextmanager
-from typing import Iterator
+from typing import Iterator, Optional
 
-import psutil
 import torch
 
 from deepgen import DeepGenPipeline
+from deepgen.memory import PeakMemory, format_bytes
 from deepgen.pipeline import default_dtype
 from deepgen.vlm import vlm_hidden_states
 
 
 class StageMeter:
-    """Times a block and records its peak memory in MiB (CUDA allocator peak, or CPU RSS growth)."""
+    """Times each stage and records its peak memory (:class:`deepgen.memory.PeakMemory`)."""
 
     def __init__(self, device: torch.device):
         self.device = device
-        self.rows: list[tuple[str, float, float]] = []
-        self.process = psutil.Process()
+        self.rows: list[tuple[str, float, Optional[int]]] = []
 
     @contextmanager
     def stage(self, name: str) -> Iterator[None]:
         if self.device.type == "cuda":
             torch.cuda.synchronize()
-            torch.cuda.reset_peak_memory_stats()
+        with PeakMemory(self.device) as peak:
             start = time.perf_counter()
             yield
-            torch.cuda.synchronize()
+            if self.device.type == "cuda":
+                torch.cuda.synchronize()
             elapsed = time.perf_counter() - start
-            peak = torch.cuda.max_memory_allocated() / 2**20
-        else:
-            base = self.process.memory_info().rss
-            peak_rss = [base]
-            done = threading.Event()
-
-            def sample() -> None:
-                while not done.is_set():
-                    peak_rss[0] = max(peak_rss[0], self.process.memory_info().rss)
-                    done.wait(0.001)
-
-            sampler = threading.Thread(target=sample, daemon=True)
-            sampler.start()
-            start = time.perf_counter()
-            yield
-            elapsed = time.perf_counter() - start
-            done.set()
-            sampler.join()
-            peak = (max(peak_rss[0], self.process.memory_info().rss) - base) / 2**20
-        self.rows.append((name, elapsed, peak))
+        self.rows.append((name, elapsed, peak.peak_bytes))
 
     def table(self) -> str:
-        unit = "peak alloc MiB" if self.device.type == "cuda" else "peak RSS growth MiB"
+        unit = "peak allocated" if self.device.type == "cuda" else "peak process RSS"
         lines = [f"| stage | time (ms) | {unit} |", "| --- | ---: | ---: |"]
-        lines += [f"| {name} | {1000 * t:.1f} | {m:.1f} |" for name, t, m in self.rows]
+        lines += [f"| {name} | {1000 * t:.1f} | {format_bytes(m)} |" for name, t, m in self.rows]
         steps = [t for name, t, _ in self.rows if name.startswith("step ")]
         total = sum(t for _, t, _ in self.rows)
         lines.append(f"| denoising mean per step | {1000 * sum(steps) / max(1, len(steps)):.1f} | |")

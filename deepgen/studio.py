@@ -54,6 +54,7 @@ from .builtin import (BUILTIN_CHECKPOINTS, OFFICIAL_DIT, OFFICIAL_VLM, RANDOM_PR
                       default_model_name, load_pipeline)
 from .cli import save_png
 from .image_processing import check_image_size, load_image
+from .memory import PeakMemory, format_bytes
 from .pipeline import DEFAULT_SIZE, default_dtype
 
 logger = logging.getLogger(__name__)
@@ -450,67 +451,6 @@ def free_memory() -> None:
     gc.collect()
     if torch.cuda.is_available():
         torch.cuda.empty_cache()
-
-
-# --- peak memory ----------------------------------------------------------------------------------------------
-
-
-def _rss_bytes() -> Optional[int]:
-    try:
-        import psutil
-
-        return psutil.Process().memory_info().rss
-    except ImportError:
-        try:
-            with open("/proc/self/statm") as handle:
-                return int(handle.read().split()[1]) * os.sysconf("SC_PAGE_SIZE")
-        except (OSError, ValueError, IndexError):
-            return None
-
-
-class PeakMemory:
-    """Peak memory of a block: CUDA allocated bytes on GPU; on CPU the process RSS sampled every 10 ms.
-
-    ``peak_bytes`` is None where it cannot be measured; ``kind`` says which of the two it is.
-    """
-
-    def __init__(self, device: torch.device):
-        self.device = device
-        self.kind = "cuda_max_allocated" if device.type == "cuda" else "process_rss"
-        self.peak_bytes: Optional[int] = None
-        self._stop = threading.Event()
-
-    def __enter__(self) -> "PeakMemory":
-        if self.device.type == "cuda":
-            torch.cuda.reset_peak_memory_stats(self.device)
-        else:
-            self.peak_bytes = _rss_bytes()
-            self._sampler = threading.Thread(target=self._sample, daemon=True)
-            self._sampler.start()
-        return self
-
-    def _sample(self) -> None:
-        while not self._stop.wait(0.01):
-            rss = _rss_bytes()
-            if rss is not None and (self.peak_bytes is None or rss > self.peak_bytes):
-                self.peak_bytes = rss
-
-    def __exit__(self, *exc: Any) -> None:
-        if self.device.type == "cuda":
-            self.peak_bytes = torch.cuda.max_memory_allocated(self.device)
-        else:
-            self._stop.set()
-            self._sampler.join()
-
-
-def format_bytes(count: Optional[int]) -> str:
-    if count is None:
-        return "n/a"
-    for unit in ("B", "KiB", "MiB", "GiB"):
-        if count < 1024 or unit == "GiB":
-            return f"{count:.0f} {unit}" if unit == "B" else f"{count:.1f} {unit}"
-        count /= 1024
-    return "n/a"
 
 
 # --- validation -----------------------------------------------------------------------------------------------
