@@ -40,7 +40,7 @@ def build_demo(studio: st.Studio, cache_examples: bool = False) -> gr.Blocks:
     """The Blocks app for ``studio``. ``cache_examples`` caches example outputs lazily (on first click)."""
     prompts, edit_examples = st.load_examples()
     max_side = studio.max_side
-    default_side = min(512, max_side)
+    default_side = studio.default_side
     seed_of = lambda seed, randomize: None if randomize else seed  # noqa: E731
 
     def outputs_of(result: st.TaskResult) -> tuple:

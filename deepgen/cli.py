@@ -55,7 +55,9 @@ def build_parser() -> argparse.ArgumentParser:
     gen.add_argument("--steps", type=int, default=50)
     gen.add_argument("--guidance", type=float, default=4.0)
     gen.add_argument("--seed", type=int, default=0)
-    gen.add_argument("--size", type=int, default=None, help="square output size (default 512; edits follow the source)")
+    gen.add_argument("--size", type=int, default=None,
+                     help="square output size (default: the model's own, 512 for DeepGen 1.0, 64 for nano; "
+                          "edits follow the source)")
     gen.add_argument("--device", default=None, help="cuda or cpu (default: cuda when available)")
     gen.add_argument("--out", type=Path, required=True, help="output .png path")
     return parser

@@ -157,6 +157,13 @@ class DeepGenPipeline(DiffusionPipeline):
 
     # --- inputs -----------------------------------------------------------------------------------------------
 
+    @property
+    def default_sample_size(self) -> int:
+        """Default output side: the authors' 512, or less for a DiT trained smaller (its ``sample_size``
+        latents; DeepGen-nano: 64 px)."""
+        native = self.transformer.config.sample_size * self.vae_scale_factor
+        return min(DEFAULT_SIZE, native, self._max_side())
+
     def _max_side(self) -> int:
         return self.transformer.max_latent_size() * self.vae_scale_factor
 
@@ -209,7 +216,7 @@ class DeepGenPipeline(DiffusionPipeline):
         their own aspect ratios (long side <= the output's long side).
         """
         if image is None:
-            return [[] for _ in range(batch_size)], height or DEFAULT_SIZE, width or DEFAULT_SIZE
+            return [[] for _ in range(batch_size)], height or self.default_sample_size, width or self.default_sample_size
         if isinstance(image, (list, tuple)) and image and all(isinstance(i, (list, tuple)) for i in image):
             per_prompt = [list(i) for i in image]
             if len(per_prompt) != batch_size:
@@ -226,7 +233,7 @@ class DeepGenPipeline(DiffusionPipeline):
         rgb = [[to_rgb(i) for i in refs] for refs in per_prompt]
         first = rgb[0][0]
         if height is None and width is None:
-            width, height = fit_size(*first.size, max_side=max(32, min(DEFAULT_SIZE, max(first.size))))
+            width, height = fit_size(*first.size, max_side=max(32, min(self.default_sample_size, max(first.size))))
         elif height is None or width is None:
             # One side given: keep the source's aspect ratio for the other (multiples of 32).
             source_w, source_h = first.size
@@ -332,8 +339,9 @@ class DeepGenPipeline(DiffusionPipeline):
             prompt: the prompt or edit instruction, or a list of them.
             image: reference image(s) for editing: one image, a list shared by all prompts, or one list per prompt.
             negative_prompt: default ``""``; uses the same template (and, for edits, the same images).
-            height, width: output size, multiples of 16. Default 512x512; for a single-image edit the output
-                follows the source's aspect ratio (long side <= 512, multiples of 32).
+            height, width: output size, multiples of 16. Default ``default_sample_size`` square (512 for
+                DeepGen 1.0); for a single-image edit the output follows the source's aspect ratio (long side at
+                most that, multiples of 32).
             num_inference_steps: Euler steps (default 50). guidance_scale: CFG scale s in
                 ``v = v_u + s (v_c - v_u)`` (default 4.0; 1.0 skips the unconditional DiT pass).
             num_images_per_prompt: images per prompt.

@@ -312,6 +312,11 @@ class LoadedModel:
         limit = getattr(self.pipe, "_max_side", None)
         return min(MAX_SIDE, limit()) if callable(limit) else MAX_SIDE
 
+    @property
+    def default_side(self) -> int:
+        """The output side the model is made for (DeepGen: its ``default_sample_size``; baselines: 512)."""
+        return min(getattr(self.pipe, "default_sample_size", DEFAULT_SIZE), self.max_side)
+
     def run(self, prompt: str, negative_prompt: str, references: list[Image.Image], width: Optional[int],
             height: Optional[int], steps: int, guidance: float, seed: int,
             on_step: Callable[[int], None]) -> Image.Image:
@@ -809,7 +814,8 @@ class Studio:
     def __init__(self, manager: ModelManager, output_root: Optional[Path] = None, output_ttl_s: float = OUTPUT_TTL_S):
         self.manager = manager
         # The running model is never evicted; its size limit is read once so validators never wait on the lock.
-        self.max_side = manager.get(manager.active_id).max_side
+        active = manager.get(manager.active_id)
+        self.max_side, self.default_side = active.max_side, active.default_side
         # One private folder per process (deleted by close()); Gradio copies what it serves into its own cache.
         self.output_root = Path(output_root) if output_root else Path(tempfile.mkdtemp(prefix="deepgen-studio-"))
         self.output_ttl_s = output_ttl_s
