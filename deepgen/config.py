@@ -253,7 +253,7 @@ def _tiny() -> DeepGenConfig:
     """A random model that builds and runs on one CPU core in about a second (used by tests)."""
     bpe = 480
     transformer = {
-        "sample_size": 16,
+        "sample_size": 64,  # default output 512 px, the size a user of the pipeline expects
         "patch_size": 2,
         "in_channels": 16,
         "num_layers": 2,
