@@ -8,9 +8,10 @@ peft directly (``inject_adapter_in_model``), which keeps module names unchanged,
 
 from __future__ import annotations
 
+import contextlib
 import json
 from pathlib import Path
-from typing import Iterable, Optional, Union
+from typing import Iterable, Iterator, Optional, Union
 
 import torch
 from peft import LoraConfig, inject_adapter_in_model
@@ -114,3 +115,16 @@ def load_lora(module: nn.Module, directory: Union[str, Path], adapter_name: str 
 
 def lora_parameters(module: nn.Module) -> list[torch.nn.Parameter]:
     return [p for name, p in module.named_parameters() if "lora_" in name]
+
+
+@contextlib.contextmanager
+def adapters_disabled(module: nn.Module) -> Iterator[None]:
+    """Run ``module`` as its base model: every LoRA layer bypassed (peft's ``enable_adapters(False)``)."""
+    layers = lora_layers(module)
+    for layer in layers:
+        layer.enable_adapters(False)
+    try:
+        yield
+    finally:
+        for layer in layers:
+            layer.enable_adapters(True)

@@ -17,7 +17,7 @@ The VLM, think tokens and SCB stay frozen: their conditioning is computed once p
 
 The YAML holds the shared training fields of ``deepgen.training.config.TrainConfig`` (model, SFT-aux ``data``,
 ``optim``, ``loss``, checkpoints, ``max_steps`` = RL steps, ``batch_size`` = SFT-aux batch) plus a ``grpo:``
-section (:class:`GRPOConfig`). Writes ``output_dir/checkpoints/checkpoint-<step>`` (resumable: rerunning the same
+section (:class:`deepgen.training.grpo_config.GRPOConfig`). Writes ``output_dir/checkpoints/checkpoint-<step>`` (resumable: rerunning the same
 command continues from the newest one), ``output_dir/loss_log.jsonl`` (``reward/<name>`` per step, for
 ``train/plot_rewards.py``), ``output_dir/train_config.json`` and ``output_dir/final`` (``save_pretrained``).
 """
@@ -29,26 +29,22 @@ import copy
 import dataclasses
 import json
 import logging
-import os
 import random
 import time
-from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Optional, Sequence
 
 import torch
-import yaml
 from PIL import Image
 from tqdm.auto import tqdm
 
 from deepgen.image_processing import tensor_to_uint8
-from deepgen.lora import lora_layers
+from deepgen.lora import adapters_disabled
 from deepgen.model import DeepGenModel
 from deepgen.training import trainer
-from deepgen.training.config import TrainConfig, _build, apply_override, config_from_dict
+from deepgen.training.config import TrainConfig
 from deepgen.training.data import build_stream
 from deepgen.training.grpo import (
-    SDE_TYPES,
     clipped_policy_loss,
     gdpo_advantages,
     group_advantages,
@@ -56,14 +52,9 @@ from deepgen.training.grpo import (
     select_train_timesteps,
     velocity_kl,
 )
-from deepgen.training.rewards import (
-    CLIPReward,
-    MixedReward,
-    OCRReward,
-    ShapeEvalReward,
-    VLMJudgeReward,
-    glyph_recognizer,
-)
+from deepgen.training.grpo_config import GRPOConfig, load_stage3_config
+from deepgen.training.prompts import Prompt, load_prompts
+from deepgen.training.rewards import MixedReward, build_rewards, reward_metadata
 from deepgen.training.rollout import (
     Condition,
     Trajectories,
@@ -76,257 +67,9 @@ from deepgen.training.rollout import (
 )
 
 logger = logging.getLogger("stage3_grpo")
-ADVANTAGES = ("gdpo", "grpo")
-OCR_ENGINES = ("glyph", "paddleocr")
 
 
-# --- configuration ------------------------------------------------------------------------------------------------
-
-
-@dataclass
-class PromptSourceConfig:
-    """Where RL (or evaluation) prompts come from; every prompt carries metadata for the rewards."""
-
-    # "world": shape-world prompts with ShapeEval metadata (nano); "jsonl": one object per line with "prompt",
-    # optional "metadata" (dict, may hold per-sample "reward_weights") and optional "image" (path of an edit source).
-    format: str = "world"
-    # World split ("train" for rewards, "eval" for held-out evaluation) or the jsonl path.
-    path: str = "train"
-    # World only: number of samples, their seed and capabilities (null = all five).
-    world_samples: int = 512
-    world_seed: int = 0
-    world_capabilities: Optional[list[str]] = None
-
-
-@dataclass
-class ShapeEvalRewardConfig:
-    weight: float = 1.0
-    criterion: str = "overall"  # a ShapeEval criterion; "overall" averages the capability's criteria
-
-
-@dataclass
-class OCRRewardConfig:
-    weight: float = 1.0
-    # "glyph": ShapeEval's template matcher (shape world); "paddleocr": PaddleOCR 2.x (pip install paddleocr).
-    engine: str = "glyph"
-    # Apply OCR only to prompts with quoted text (or metadata "text"/"glyph"); others get weight 0 for it.
-    text_prompts_only: bool = True
-
-
-@dataclass
-class CLIPRewardConfig:
-    weight: float = 1.0
-    model_id: str = "openai/clip-vit-large-patch14"
-
-
-@dataclass
-class VLMJudgeRewardConfig:
-    weight: float = 1.0
-    # OpenAI-compatible endpoint serving the judge, e.g. UnifiedReward-Think behind vLLM.
-    base_url: str = "http://127.0.0.1:8000/v1"
-    model: str = "UnifiedReward-Think-qwen-7b"
-    # Name of the environment variable holding the API key (keys never go into configs); null = no key.
-    api_key_env: Optional[str] = None
-    timeout: float = 60.0
-    retries: int = 2
-
-
-@dataclass
-class RewardsConfig:
-    """The reward mixture; a null entry is not used. Weights combine them (GDPO: after per-group normalisation)."""
-
-    shapeeval: Optional[ShapeEvalRewardConfig] = None
-    ocr: Optional[OCRRewardConfig] = None
-    clip: Optional[CLIPRewardConfig] = None
-    vlm_judge: Optional[VLMJudgeRewardConfig] = None
-
-
-@dataclass
-class GRPOConfig:
-    """MR-GRPO settings (defaults: the authors' where they published them, else flow_grpo's)."""
-
-    prompts: PromptSourceConfig = field(default_factory=PromptSourceConfig)
-    rewards: RewardsConfig = field(default_factory=lambda: RewardsConfig(shapeeval=ShapeEvalRewardConfig()))
-    # Rollouts: G images per prompt, prompts per process per step, sampler settings.
-    group_size: int = 8
-    prompts_per_step: int = 4
-    num_inference_steps: int = 50
-    guidance_scale: float = 4.0
-    negative_prompt: str = ""
-    sde_type: str = "cps"  # "cps" (DeepGen's default) or "flow_grpo"
-    noise_level: float = 0.7  # flow_grpo's SDE noise strength
-    # Share of the stochastic denoising steps trained per prompt group (drawn afresh per group and step).
-    timestep_fraction: float = 0.6
-    # Policy update: optimizer steps per RL step (the step's prompt groups split into this many minibatches;
-    # all but the first see a policy ratio != 1, which is where the clip acts), passes over the rollouts.
-    updates_per_step: int = 2
-    inner_epochs: int = 1
-    advantage: str = "gdpo"  # "gdpo" or "grpo" (on the weighted sum of the rewards)
-    clip_range: float = 1e-4
-    adv_clip_max: float = 5.0
-    kl_beta: float = 5e-7  # β of the velocity KL to the frozen reference; 0 skips the reference forward
-    sft_lambda: float = 1e-4  # λ of the convex mix with the flow-matching loss on ``data``; 0 skips it
-    # Held-out evaluation every N steps (0 = never): the rewards on ``eval_prompts``, ODE sampling, fixed seeds.
-    eval_every: int = 0
-    eval_prompts: Optional[PromptSourceConfig] = None
-    eval_num_inference_steps: Optional[int] = None  # default: num_inference_steps
-
-
-def validate_grpo(config: GRPOConfig, train: TrainConfig) -> None:
-    """Check what the types cannot say; raise ``ValueError`` explaining the fix."""
-    if config.sde_type not in SDE_TYPES:
-        raise ValueError(f"grpo.sde_type={config.sde_type!r}; choose one of {SDE_TYPES}.")
-    if config.advantage not in ADVANTAGES:
-        raise ValueError(f"grpo.advantage={config.advantage!r}; choose one of {ADVANTAGES}.")
-    for name in ("group_size", "prompts_per_step", "num_inference_steps", "updates_per_step", "inner_epochs"):
-        if getattr(config, name) < 1:
-            raise ValueError(f"grpo.{name} must be >= 1, got {getattr(config, name)}.")
-    if config.group_size < 2:
-        raise ValueError("grpo.group_size must be >= 2: advantages compare the rollouts of one prompt.")
-    if config.updates_per_step > config.prompts_per_step:
-        raise ValueError(f"grpo.updates_per_step={config.updates_per_step} exceeds grpo.prompts_per_step="
-                         f"{config.prompts_per_step}: each update needs at least one prompt group.")
-    if not 0.0 < config.timestep_fraction <= 1.0:
-        raise ValueError(f"grpo.timestep_fraction must be in (0, 1], got {config.timestep_fraction}.")
-    if config.sde_type == "cps" and config.num_inference_steps < 2:
-        raise ValueError("With sde_type=cps the last step is deterministic; use num_inference_steps >= 2.")
-    if config.kl_beta < 0 or not 0.0 <= config.sft_lambda <= 1.0:
-        raise ValueError(f"grpo.kl_beta must be >= 0 and grpo.sft_lambda in [0, 1]; got {config.kl_beta}, "
-                         f"{config.sft_lambda}.")
-    if not any(dataclasses.astuple(config.rewards)):
-        raise ValueError("grpo.rewards enables no reward; set at least one of shapeeval, ocr, clip, vlm_judge.")
-    if config.rewards.ocr is not None and config.rewards.ocr.engine not in OCR_ENGINES:
-        raise ValueError(f"grpo.rewards.ocr.engine={config.rewards.ocr.engine!r}; choose one of {OCR_ENGINES}.")
-    if config.eval_every and config.eval_prompts is None:
-        raise ValueError("grpo.eval_every > 0 needs grpo.eval_prompts (e.g. {format: world, path: eval}).")
-    if train.gradient_accumulation_steps != 1:
-        raise ValueError("Stage 3 accumulates over prompt groups and timesteps itself; set "
-                         "gradient_accumulation_steps=1 and use grpo.prompts_per_step / updates_per_step.")
-    if train.train_connector or train.train_vlm or train.vlm_lora is not None:
-        raise ValueError("Stage 3 trains the DiT only (the conditioning is computed once per prompt): set "
-                         "train_connector=false, train_vlm=false, vlm_lora=null and train_transformer=true or a "
-                         "transformer_lora.")
-
-
-def load_stage3_config(path: Optional[str], overrides: Sequence[str] = ()) -> tuple[TrainConfig, GRPOConfig]:
-    """Read the YAML, apply ``key.sub=value`` overrides, build ``(TrainConfig, GRPOConfig)`` and validate.
-
-    ``grpo.*`` keys go to :class:`GRPOConfig`, everything else to the shared ``TrainConfig`` loader.
-    """
-    data: dict[str, Any] = {}
-    if path is not None:
-        if not Path(path).is_file():
-            raise ValueError(f"Config file {path} does not exist.")
-        data = yaml.safe_load(Path(path).read_text()) or {}
-    grpo_data = data.pop("grpo", None) or {}
-    for override in overrides:
-        if override.startswith("grpo."):
-            _apply_grpo_override(grpo_data, override)
-        else:
-            apply_override(data, override)
-    train = config_from_dict(data)
-    grpo = _build(GRPOConfig, grpo_data, "grpo")
-    validate_grpo(grpo, train)
-    return train, grpo
-
-
-def _apply_grpo_override(data: dict[str, Any], override: str) -> None:
-    """``grpo.a.b=value`` into the plain ``grpo`` data (the YAML-parsed value; sections are created as needed).
-
-    Unknown keys are reported when the dataclasses are built.
-    """
-    if "=" not in override:
-        raise ValueError(f"Override {override!r} must look like grpo.key=value (e.g. grpo.kl_beta=0).")
-    key, raw = override.split("=", 1)
-    *parents, last = key.strip().split(".")[1:]
-    node = data
-    for part in parents:
-        if not isinstance(node.get(part), dict):
-            node[part] = {}
-        node = node[part]
-    node[last] = yaml.safe_load(raw) if raw.strip() else ""
-
-
-# --- prompts and rewards ------------------------------------------------------------------------------------------
-
-
-@dataclass
-class Prompt:
-    text: str
-    metadata: dict[str, Any]
-    images: list[Image.Image] = field(default_factory=list)  # edit sources (empty for text-to-image)
-
-
-def load_prompts(config: PromptSourceConfig, size: int) -> list[Prompt]:
-    """The prompt pool (see :class:`PromptSourceConfig`); edit sources rendered/loaded at ``size``."""
-    if config.format == "world":
-        from deepgen import world
-
-        samples = world.dataset(config.path, config.world_samples, seed=config.world_seed,
-                                capabilities=config.world_capabilities or world.CAPABILITIES)
-        return [Prompt(s.prompt, dict(s.metadata), [s.source_image(size)] if s.source is not None else [])
-                for s in samples]
-    if config.format == "jsonl":
-        prompts = []
-        for number, line in enumerate(Path(config.path).read_text().splitlines(), 1):
-            if not line.strip():
-                continue
-            row = json.loads(line)
-            if not isinstance(row.get("prompt"), str) or not row["prompt"].strip():
-                raise ValueError(f"{config.path}:{number} has no non-empty \"prompt\" string.")
-            images = [Image.open(row["image"]).convert("RGB")] if row.get("image") else []
-            prompts.append(Prompt(row["prompt"], dict(row.get("metadata") or {}), images))
-        if not prompts:
-            raise ValueError(f"{config.path} holds no prompts.")
-        return prompts
-    raise ValueError(f"Prompt source format {config.format!r} is not supported; use 'world' or 'jsonl'.")
-
-
-def paddleocr_recognizer():
-    """PaddleOCR 2.x as an ``image -> text`` engine (flow_grpo's OCR reward uses the same calls)."""
-    try:
-        import numpy as np
-        from paddleocr import PaddleOCR
-    except ImportError as error:
-        raise ImportError("grpo.rewards.ocr.engine=paddleocr needs `pip install paddleocr paddlepaddle` "
-                          "(or use engine=glyph for the shape world).") from error
-    engine = PaddleOCR(use_angle_cls=False, lang="en", show_log=False)
-
-    def recognize(image: Image.Image) -> str:
-        result = engine.ocr(np.asarray(image.convert("RGB")), cls=False)
-        return " ".join(line[1][0] for line in (result[0] or [])) if result else ""
-
-    return recognize
-
-
-def build_rewards(config: RewardsConfig, device: torch.device) -> MixedReward:
-    """The configured rewards behind one interface, with their weights."""
-    rewards, weights = {}, {}
-    if config.shapeeval is not None:
-        rewards["shapeeval"] = ShapeEvalReward(config.shapeeval.criterion)
-        weights["shapeeval"] = config.shapeeval.weight
-    if config.ocr is not None:
-        recognize = glyph_recognizer if config.ocr.engine == "glyph" else paddleocr_recognizer()
-        rewards["ocr"], weights["ocr"] = OCRReward(recognize), config.ocr.weight
-    if config.clip is not None:
-        rewards["clip"], weights["clip"] = CLIPReward(config.clip.model_id, device=str(device)), config.clip.weight
-    if config.vlm_judge is not None:
-        judge = config.vlm_judge
-        api_key = os.environ.get(judge.api_key_env) if judge.api_key_env else None
-        if judge.api_key_env and not api_key:
-            raise ValueError(f"grpo.rewards.vlm_judge.api_key_env names ${judge.api_key_env}, which is not set.")
-        rewards["vlm_judge"] = VLMJudgeReward(judge.base_url, judge.model, api_key, judge.timeout, judge.retries)
-        weights["vlm_judge"] = judge.weight
-    return MixedReward(rewards, weights)
-
-
-def reward_metadata(prompt: Prompt, config: RewardsConfig) -> dict[str, Any]:
-    """The prompt's metadata, with OCR switched off (weight 0) on prompts that ask for no text."""
-    metadata = dict(prompt.metadata)
-    if config.ocr is not None and config.ocr.text_prompts_only and "reward_weights" not in metadata:
-        wants_text = bool(metadata.get("text") or metadata.get("glyph") or ('"' in prompt.text))
-        metadata["reward_weights"] = {"ocr": 1.0 if wants_text else 0.0}
-    return metadata
+# --- images ----------------------------------------------------------------------------------------------------
 
 
 def to_pil(pipe, latents: torch.Tensor) -> list[Image.Image]:
@@ -334,19 +77,6 @@ def to_pil(pipe, latents: torch.Tensor) -> list[Image.Image]:
 
 
 # --- policy and reference -----------------------------------------------------------------------------------------
-
-
-@contextlib.contextmanager
-def adapters_disabled(module: torch.nn.Module):
-    """Run ``module`` as its base model: every LoRA layer bypassed (peft's ``enable_adapters(False)``)."""
-    layers = lora_layers(module)
-    for layer in layers:
-        layer.enable_adapters(False)
-    try:
-        yield
-    finally:
-        for layer in layers:
-            layer.enable_adapters(True)
 
 
 def reference_policy(pipe, train: TrainConfig):

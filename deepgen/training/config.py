@@ -273,7 +273,7 @@ def _convert(tp: Any, value: Any, where: str) -> Any:
             return value
         if not isinstance(value, dict):
             raise ValueError(f"{where or 'config'} must be a mapping of {tp.__name__} fields, got {value!r}.")
-        return _build(tp, value, where)
+        return build_config(tp, value, where)
     if origin is list:
         if not isinstance(value, (list, tuple)):
             raise ValueError(f"{where} must be a list, got {value!r}.")
@@ -298,7 +298,9 @@ def _convert(tp: Any, value: Any, where: str) -> Any:
     return value
 
 
-def _build(cls: type, data: dict[str, Any], where: str = "") -> Any:
+def build_config(cls: type, data: dict[str, Any], where: str = "") -> Any:
+    """Build the config dataclass ``cls`` from nested plain data, converting and checking every field;
+    ``where`` prefixes key names in errors (``"grpo"`` -> ``grpo.kl_beta``)."""
     hints = typing.get_type_hints(cls)
     names = [f.name for f in dataclasses.fields(cls)]
     unknown = sorted(set(data) - set(names))
@@ -312,7 +314,7 @@ def _build(cls: type, data: dict[str, Any], where: str = "") -> Any:
 
 def config_from_dict(data: dict[str, Any]) -> TrainConfig:
     """Build a :class:`TrainConfig` from nested plain data (missing keys keep their defaults)."""
-    return _build(TrainConfig, data or {})
+    return build_config(TrainConfig, data or {})
 
 
 def config_to_dict(config: TrainConfig) -> dict[str, Any]:
@@ -332,22 +334,28 @@ def _section_type(tp: Any) -> Any:
     return tp
 
 
-def apply_override(data: dict[str, Any], override: str) -> None:
+def apply_override(data: dict[str, Any], override: str, schema: type = TrainConfig, section: str = "") -> None:
     """Apply one ``key.sub=value`` override to nested plain data in place (the value is parsed as YAML).
 
     A missing or null section is created empty, so its other fields keep their defaults: ``vlm_lora.rank=8``
     works even when the YAML says ``vlm_lora: null``. List items are addressed by index
     (``data.sources.0.path=...``); replace a whole list with YAML (``data.sources=[{path: a.parquet}]``).
+    ``schema`` is the config dataclass ``data`` describes (keys are checked against it); with ``section``
+    (e.g. ``"grpo"``), ``data`` is that top-level section and overrides are spelled ``grpo.key=value``.
     """
     if "=" not in override:
         raise ValueError(f"Override {override!r} must look like key.sub=value (e.g. optim.lr=1e-4).")
     key, raw = override.split("=", 1)
     value = yaml.safe_load(raw) if raw.strip() else ""
     parts = key.strip().split(".")
+    if section:
+        if parts[0] != section or len(parts) < 2:
+            raise ValueError(f"Override {override!r} must start with {section}. (e.g. {section}.key=value).")
+        parts = parts[1:]
     node: Any = data
-    cls: Any = TrainConfig
+    cls: Any = schema
     for depth, part in enumerate(parts):
-        where = ".".join(parts[: depth + 1])
+        where = ".".join(([section] if section else []) + parts[: depth + 1])
         last = depth == len(parts) - 1
         if isinstance(node, list):
             if not part.isdigit() or int(part) >= len(node):

@@ -11,14 +11,19 @@ import base64
 import io
 import json
 import logging
+import os
 import re
 import time
 import urllib.error
 import urllib.request
-from typing import Any, Callable, Mapping, Optional, Protocol, Sequence
+from typing import TYPE_CHECKING, Any, Callable, Mapping, Optional, Protocol, Sequence
 
 import torch
 from PIL import Image
+
+if TYPE_CHECKING:
+    from .grpo_config import RewardsConfig
+    from .prompts import Prompt
 
 logger = logging.getLogger(__name__)
 
@@ -222,3 +227,53 @@ class MixedReward:
     def __call__(self, images, prompts, metadata) -> torch.Tensor:
         parts = self.components(images, prompts, metadata)
         return sum(self.weights[name] * value for name, value in parts.items())
+
+
+# --- building the configured mixture ------------------------------------------------------------------------
+
+
+def paddleocr_recognizer():
+    """PaddleOCR 2.x as an ``image -> text`` engine (flow_grpo's OCR reward uses the same calls)."""
+    try:
+        import numpy as np
+        from paddleocr import PaddleOCR
+    except ImportError as error:
+        raise ImportError("grpo.rewards.ocr.engine=paddleocr needs `pip install paddleocr paddlepaddle` "
+                          "(or use engine=glyph for the shape world).") from error
+    engine = PaddleOCR(use_angle_cls=False, lang="en", show_log=False)
+
+    def recognize(image: Image.Image) -> str:
+        result = engine.ocr(np.asarray(image.convert("RGB")), cls=False)
+        return " ".join(line[1][0] for line in (result[0] or [])) if result else ""
+
+    return recognize
+
+
+def build_rewards(config: RewardsConfig, device: torch.device) -> MixedReward:
+    """The configured rewards behind one interface, with their weights."""
+    rewards, weights = {}, {}
+    if config.shapeeval is not None:
+        rewards["shapeeval"] = ShapeEvalReward(config.shapeeval.criterion)
+        weights["shapeeval"] = config.shapeeval.weight
+    if config.ocr is not None:
+        recognize = glyph_recognizer if config.ocr.engine == "glyph" else paddleocr_recognizer()
+        rewards["ocr"], weights["ocr"] = OCRReward(recognize), config.ocr.weight
+    if config.clip is not None:
+        rewards["clip"], weights["clip"] = CLIPReward(config.clip.model_id, device=str(device)), config.clip.weight
+    if config.vlm_judge is not None:
+        judge = config.vlm_judge
+        api_key = os.environ.get(judge.api_key_env) if judge.api_key_env else None
+        if judge.api_key_env and not api_key:
+            raise ValueError(f"grpo.rewards.vlm_judge.api_key_env names ${judge.api_key_env}, which is not set.")
+        rewards["vlm_judge"] = VLMJudgeReward(judge.base_url, judge.model, api_key, judge.timeout, judge.retries)
+        weights["vlm_judge"] = judge.weight
+    return MixedReward(rewards, weights)
+
+
+def reward_metadata(prompt: Prompt, config: RewardsConfig) -> dict[str, Any]:
+    """The prompt's metadata, with OCR switched off (weight 0) on prompts that ask for no text."""
+    metadata = dict(prompt.metadata)
+    if config.ocr is not None and config.ocr.text_prompts_only and "reward_weights" not in metadata:
+        wants_text = bool(metadata.get("text") or metadata.get("glyph") or ('"' in prompt.text))
+        metadata["reward_weights"] = {"ocr": 1.0 if wants_text else 0.0}
+    return metadata
