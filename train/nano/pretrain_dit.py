@@ -53,18 +53,21 @@ from deepgen.training.flow_matching import (
 
 @torch.no_grad()
 def encode_posteriors(vae: AutoencoderKL, images: np.ndarray, batch: int = 256) -> torch.Tensor:
-    """(N, H, W, 3) uint8 -> (N, 2, C, h, w) float16 posterior (mean, std)."""
+    """(N, H, W, 3) uint8 -> (N, 2, C, h, w) float16 posterior (mean, std), on the CPU."""
     out = []
     for i in range(0, len(images), batch):
-        dist = vae.encode(to_tensor(images[i:i + batch])).latent_dist
-        out.append(torch.stack([dist.mean, dist.std], dim=1).half())
+        dist = vae.encode(to_tensor(images[i:i + batch]).to(vae.device)).latent_dist
+        out.append(torch.stack([dist.mean, dist.std], dim=1).half().cpu())
     return torch.cat(out)
 
 
 def sample_latents(posteriors: torch.Tensor, vae_config, generator: torch.Generator) -> torch.Tensor:
-    """Posterior sample, shifted and scaled like ``DeepGenPipeline.encode_images``: (B, C, h, w) float32."""
+    """Posterior sample, shifted and scaled like ``DeepGenPipeline.encode_images``: (B, C, h, w) float32.
+
+    The noise comes from the CPU ``generator`` whatever the posteriors' device, so runs on any device draw the
+    same numbers."""
     mean, std = posteriors.float().unbind(1)
-    z = mean + std * torch.randn(mean.shape, generator=generator)
+    z = mean + std * torch.randn(mean.shape, generator=generator).to(mean.device)
     return (z - vae_config.shift_factor) * vae_config.scaling_factor
 
 
@@ -82,14 +85,16 @@ def sample_images(transformer, text_encoder, tokenizer, vae, prompts: list[str],
                   guidance_scale: float, seed: int) -> np.ndarray:
     """Euler flow-matching sampling with CFG, the pipeline's loop with the stand-in encoder: (B, H, W, 3) uint8."""
     scheduler = FlowMatchEulerDiscreteScheduler.from_config(get_preset("nano").scheduler)
-    scheduler.set_timesteps(steps)
+    device = transformer.device
+    scheduler.set_timesteps(steps, device=device)
     generator = torch.Generator().manual_seed(seed)
-    seq, pooled = text_encoder(*tokenize(tokenizer, prompts + [""] * len(prompts)))
+    ids, mask = tokenize(tokenizer, prompts + [""] * len(prompts))
+    seq, pooled = text_encoder(ids.to(device), mask.to(device))
     shape = (len(prompts), transformer.config.in_channels, 16, 16)
-    latents = torch.randn(shape, generator=generator)
+    latents = torch.randn(shape, generator=generator).to(device)
     references = []
     if sources is not None:
-        dist = vae.encode(to_tensor(sources)).latent_dist
+        dist = vae.encode(to_tensor(sources).to(device)).latent_dist
         ref = (dist.mean - vae.config.shift_factor) * vae.config.scaling_factor
         references = [torch.cat([ref, ref])]
     for t in scheduler.timesteps:
@@ -98,7 +103,7 @@ def sample_images(transformer, text_encoder, tokenizer, vae, prompts: list[str],
         v_cond, v_uncond = velocity.chunk(2)
         latents = scheduler.step(v_uncond + guidance_scale * (v_cond - v_uncond), t, latents).prev_sample
     images = vae.decode(latents / vae.config.scaling_factor + vae.config.shift_factor).sample
-    return tensor_to_uint8(images)
+    return tensor_to_uint8(images.cpu())
 
 
 def evaluate_base(transformer, text_encoder, tokenizer, vae, per_capability: int, steps: int,
@@ -133,6 +138,8 @@ def main() -> None:
     parser.add_argument("--eval-steps", type=int, default=12)
     parser.add_argument("--guidance-scale", type=float, default=3.0)
     parser.add_argument("--threads", type=int, default=1)
+    parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu",
+                        help="torch device to train on (random numbers come from CPU generators either way)")
     parser.add_argument("--seed", type=int, default=0)
     args = parser.parse_args()
     set_threads(args.threads)
@@ -141,8 +148,8 @@ def main() -> None:
     config = get_preset("nano")
     tokenizer = build_tokenizer(tokenizer_corpus(), vocab_size=config.tokenizer_vocab_size)
     text_encoder = StandInTextEncoder(len(tokenizer), config.transformer["joint_attention_dim"],
-                                      config.transformer["pooled_projection_dim"], seed=args.seed)
-    vae = AutoencoderKL.from_pretrained(args.vae).eval()
+                                      config.transformer["pooled_projection_dim"], seed=args.seed).to(args.device)
+    vae = AutoencoderKL.from_pretrained(args.vae).eval().to(args.device)
     data = load_world_shards(args.data)
     data = dataclasses.replace(data, images=data.images[:args.max_samples], sources=data.sources[:args.max_samples],
                                has_source=data.has_source[:args.max_samples], prompts=data.prompts[:args.max_samples],
@@ -157,13 +164,14 @@ def main() -> None:
                   "sources": encode_posteriors(vae, data.sources[data.has_source])}
         torch.save(cached, latents_path)
         print(f"encoded {len(data)} samples in {time.time() - tic:.0f}s", flush=True)
+    cached = {name: posteriors.to(args.device) for name, posteriors in cached.items()}
     edit_rows = np.flatnonzero(data.has_source)
     t2i_rows = np.flatnonzero(~data.has_source)
     source_index = np.full(len(data), -1)
     source_index[edit_rows] = np.arange(len(edit_rows))
 
     torch.manual_seed(args.seed)
-    transformer = KontextSD3Transformer2DModel.from_config(config.transformer)
+    transformer = KontextSD3Transformer2DModel.from_config(config.transformer).to(args.device)
     optimizer = torch.optim.AdamW(transformer.parameters(), lr=args.lr, betas=(0.9, 0.95), weight_decay=0.05)
     scheduler = FlowMatchEulerDiscreteScheduler.from_config(config.scheduler)
     train_scheduler = copy.deepcopy(scheduler)
@@ -190,10 +198,12 @@ def main() -> None:
         references = [sample_latents(cached["sources"][source_index[rows]], vae.config, generator)] \
             if kind == "edit" else []
         prompts = drop_captions([data.prompts[i] for i in rows], args.caption_dropout, generator)
-        seq, pooled = text_encoder(*tokenize(tokenizer, prompts))
+        ids, mask = tokenize(tokenizer, prompts)
+        seq, pooled = text_encoder(ids.to(args.device), mask.to(args.device))
         sigmas, timesteps = sample_timesteps(args.batch_size, train_scheduler, "logit_normal", generator=generator)
-        noise = torch.randn(x0.shape, generator=generator)
-        pred = transformer(add_noise(x0, noise, sigmas), seq, pooled, timesteps, reference_latents=references,
+        noise = torch.randn(x0.shape, generator=generator).to(args.device)
+        pred = transformer(add_noise(x0, noise, sigmas.to(args.device)), seq, pooled, timesteps.to(args.device),
+                           reference_latents=references,
                            return_dict=False)[0]
         loss = flow_matching_loss(pred, x0, noise)
         optimizer.zero_grad(set_to_none=True)
