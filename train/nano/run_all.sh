@@ -38,8 +38,8 @@ python train/stage1_align.py --config train/configs/nano-stage1.yaml \
     model.pretrained="$RUNS/base-lastlayer" output_dir="$RUNS/ablation-stage1" &
 wait
 
-# 5. Stage 2 (joint SFT; DiT unfrozen, LoRA on the VLM), alone on both cores. (The ablation's stage 2 is in
-#    train/nano/README.md; it doubles this step's time and is not part of the measured recipe.)
+# 5. Stage 2 (joint SFT; DiT unfrozen, LoRA on the VLM), alone on both cores. (The ablation's stage 2, measured in
+#    docs/nano.md, is in train/nano/README.md; it doubles this step's time, so this script leaves it out.)
 OMP_NUM_THREADS=2 python train/stage2_sft.py --config train/configs/nano-stage2.yaml
 
 # 6. Ship (float16) and evaluate every stage on the held-out split, then print docs/nano.md's table.
