@@ -1,0 +1,57 @@
+"""train/evaluate.py: ShapeEval of a pipeline on a world split (tiny random model, so only plumbing and
+determinism are checked here; the scores themselves are ShapeEval's, tested in test_shapeeval.py)."""
+
+from __future__ import annotations
+
+import json
+import sys
+from pathlib import Path
+
+import numpy as np
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT / "train"))
+
+import evaluate  # noqa: E402
+
+from deepgen import world  # noqa: E402
+
+
+def test_generate_is_deterministic_uint8_per_sample(tiny_pipe):
+    samples = world.dataset("eval", 4, seed=3)  # text-to-image rows and edits
+    assert {s.source is None for s in samples} == {True, False}
+    first = evaluate.generate(tiny_pipe, samples, size=32, steps=2, batch_size=2)
+    again = evaluate.generate(tiny_pipe, samples, size=32, steps=2, batch_size=2)
+    assert len(first) == len(samples)
+    for a, b in zip(first, again):
+        assert a.shape == (32, 32, 3) and a.dtype == np.uint8
+        np.testing.assert_array_equal(a, b)
+
+
+def test_evaluate_pipeline_scores_every_capability_of_the_chosen_split(tiny_pipe, monkeypatch):
+    drawn = []
+    original = world.dataset
+
+    def spy(split, *args, **kwargs):
+        drawn.append(split)
+        return original(split, *args, **kwargs)
+
+    monkeypatch.setattr(evaluate.world, "dataset", spy)
+    for split in ("eval", "train"):
+        results = evaluate.evaluate_pipeline(tiny_pipe, per_capability=1, steps=2, size=32, split=split)
+        assert set(results["capabilities"]) == set(world.CAPABILITIES)
+        assert all(scores["n"] == 1 for scores in results["capabilities"].values())
+        assert 0.0 <= results["overall"] <= 1.0
+    assert drawn == ["eval", "train"]
+
+
+def test_cli_writes_json_record(tiny_pipe, tmp_path, monkeypatch, capsys):
+    tiny_pipe.save_pretrained(tmp_path / "pipe")
+    out = tmp_path / "eval" / "tiny.json"
+    monkeypatch.setattr(sys, "argv", ["evaluate.py", "--model", str(tmp_path / "pipe"), "--per-capability", "1",
+                                      "--steps", "2", "--size", "32", "--split", "train", "--out", str(out)])
+    evaluate.main()
+    record = json.loads(out.read_text())
+    assert record["settings"]["split"] == "train"
+    assert set(record["capabilities"]) == set(world.CAPABILITIES)
+    assert "| **overall** |" in capsys.readouterr().out
