@@ -51,6 +51,8 @@ wait
 python train/evaluate.py --model deepgen-nano-sft $EVAL --out "$RUNS/eval/sft.json" &
 python train/evaluate.py --model "$RUNS/ablation-stage1/final" $EVAL --out "$RUNS/eval/ablation-stage1.json" &
 wait
+# The same model on fresh prompts of the TRAIN split: how much of the held-out gap is compositional.
+python train/evaluate.py --model deepgen-nano-sft $EVAL --split train --eval-seed 7 --out "$RUNS/eval/sft-train.json"
 python train/nano/results_table.py "base (fresh bridge)=$RUNS/eval/base.json" "stage 1=$RUNS/eval/stage1.json" \
     "stage 2 (SFT)=$RUNS/eval/sft.json" "ablation: stage 1, last layer only=$RUNS/eval/ablation-stage1.json" \
     "reference: base DiT + its stand-in text encoder=$RUNS/dit/standin_shapeeval.json"
