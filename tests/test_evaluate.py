@@ -8,6 +8,7 @@ import sys
 from pathlib import Path
 
 import numpy as np
+import pytest
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "train"))
@@ -43,6 +44,18 @@ def test_evaluate_pipeline_scores_every_capability_of_the_chosen_split(tiny_pipe
         assert all(scores["n"] == 1 for scores in results["capabilities"].values())
         assert 0.0 <= results["overall"] <= 1.0
     assert drawn == ["eval", "train"]
+
+
+def test_single_object_scores_are_split_by_shape_colour_pair(tiny_pipe):
+    results = evaluate.evaluate_pipeline(tiny_pipe, per_capability=12, steps=1, size=32)
+    subsets = results["subsets"]
+    pairs = {name: scores for name, scores in subsets.items() if name.startswith("generation_single/")}
+    assert pairs and sum(scores["n"] for scores in pairs.values()) == subsets["generation_single"]["n"]
+    for name in pairs:
+        colour, shape = name.removeprefix("generation_single/").split()
+        assert world.is_held_out(shape, colour)  # the eval split only holds held-out pairs
+    mean_shape = sum(s["shape"] * s["n"] for s in pairs.values()) / subsets["generation_single"]["n"]
+    assert mean_shape == pytest.approx(subsets["generation_single"]["shape"])
 
 
 def test_cli_writes_json_record(tiny_pipe, tmp_path, monkeypatch, capsys):

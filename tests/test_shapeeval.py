@@ -2,7 +2,9 @@
 
 import json
 import random
+import sys
 from dataclasses import replace
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -159,3 +161,19 @@ def test_errors_explain_what_was_wrong():
         shapeeval.evaluate(sample.target_image(), {"capability": "poetry"})
     with pytest.raises(ValueError, match="one image per sample"):
         shapeeval.evaluate_dataset([], [sample])
+
+
+def test_vae_probe_images_read_back_as_their_pairs():
+    """train/nano/probe_vae.py's images are valid: without a VAE in between, ShapeEval finds every pair."""
+    sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "train" / "nano"))
+    from probe_vae import probe_images
+
+    for size in world.SIZES:
+        pairs, images = probe_images(size)
+        assert len(pairs) == len(world.SHAPES) * len(world.OBJECT_COLOURS)
+        assert images.shape == (len(pairs) * len(world.POSITIONS), 64, 64, 3)
+        for k, image in enumerate(images):
+            colour, shape = pairs[k // len(world.POSITIONS)]
+            (component,) = shapeeval.read_scene(image).components
+            assert (component.colour, component.shape, component.size) == (colour, shape, size)
+            assert component.position == world.POSITIONS[k % len(world.POSITIONS)]

@@ -4,7 +4,8 @@ Generates one image per held-out prompt (text-to-image) or edit (source image + 
 output back with :mod:`deepgen.shapeeval`, prints the per-capability table and writes it as JSON. The eval split
 is regenerated from its seed (``deepgen.world.dataset("eval", ...)``) and only holds (shape, colour) pairs that
 never occur in training. Besides the five capabilities, ``generation_single`` reports the single-object
-generation prompts alone (the issue's "colour and shape of single-object prompts" target). ``--split train``
+generation prompts alone (the issue's "colour and shape of single-object prompts" target), and
+``generation_single/<colour> <shape>`` the same per (shape, colour) pair, which shows where it fails. ``--split train``
 scores prompts of the training split instead (fresh samples of the pairs the model was trained on), which
 measures how much of the held-out gap is compositional generalisation.
 
@@ -57,7 +58,8 @@ def evaluate_pipeline(pipe: DeepGenPipeline, per_capability: int = 100, steps: i
 
     Returns:
         :func:`deepgen.shapeeval.evaluate_dataset`'s results plus ``subsets["generation_single"]``: the scores of
-        the single-object generation prompts alone.
+        the single-object generation prompts alone, and ``subsets["generation_single/<colour> <shape>"]``: those
+        of each (shape, colour) pair among them.
     """
     samples = world.dataset(split, per_capability * len(world.CAPABILITIES), seed=eval_seed)
     images = generate(pipe, samples, size, steps, guidance_scale, batch_size, seed)
@@ -65,9 +67,18 @@ def evaluate_pipeline(pipe: DeepGenPipeline, per_capability: int = 100, steps: i
     single = [(image, s) for image, s in zip(images, samples)
               if s.capability == "generation" and s.metadata["task"] == "single"]
     if single:
-        subset = shapeeval.evaluate_dataset([i for i, _ in single], [s for _, s in single])
-        results["subsets"] = {"generation_single": subset["capabilities"]["generation"]}
+        results["subsets"] = {"generation_single": _generation_scores(single)}
+        pairs: dict[str, list[tuple[np.ndarray, world.Sample]]] = {}
+        for image, s in single:
+            group = s.metadata["groups"][0]
+            pairs.setdefault(f"{group['colour']} {group['shape']}", []).append((image, s))
+        for pair in sorted(pairs):
+            results["subsets"][f"generation_single/{pair}"] = _generation_scores(pairs[pair])
     return results
+
+
+def _generation_scores(rows: list[tuple[np.ndarray, world.Sample]]) -> dict[str, float]:
+    return shapeeval.evaluate_dataset([image for image, _ in rows], [s for _, s in rows])["capabilities"]["generation"]
 
 
 def main() -> None:
