@@ -22,6 +22,8 @@ every colour still appears in training, only these combinations never do. ``trai
 pair anywhere (source or target). Every ``eval`` sample is built around one: the described object of a
 generation prompt, the recoloured-to / moved / removed / added object of an edit, an object of the scene of a
 background edit, and the (glyph, colour) of a text prompt.
+Known bias of this rule: yellow and white, the palette's only light colours, are both held out for the triangle,
+so training never shows a light triangle; models trained on it fail exactly those two pairs (docs/nano.md).
 """
 
 from __future__ import annotations
