@@ -292,8 +292,9 @@ def read_scene(image: ImageLike) -> SceneReading:
     return SceneReading(background, tuple(_describe(colour, pixels) for colour, pixels in blobs))
 
 
-def read_glyph(image: ImageLike) -> Optional[GlyphReading]:
-    """Recognise the glyph drawn in ``image`` in its most frequent object colour; ``None`` if nothing is drawn."""
+def _glyph_mask(image: ImageLike) -> Optional[tuple[str, np.ndarray]]:
+    """The image's most frequent object colour and its pixels normalised like a glyph template; ``None`` if
+    nothing is drawn."""
     _, blobs = _segment(_canonical_rgb(image))
     if not blobs:
         return None
@@ -302,10 +303,28 @@ def read_glyph(image: ImageLike) -> Optional[GlyphReading]:
         areas[colour] += len(pixels)
     colour = max(areas, key=areas.get)
     pixels = np.concatenate([pixels for blob_colour, pixels in blobs if blob_colour == colour])
-    normalised = _resize_mask(_pad_to_square(_crop(pixels)), GLYPH_TEMPLATE_SIZE)
+    return colour, _resize_mask(_pad_to_square(_crop(pixels)), GLYPH_TEMPLATE_SIZE)
+
+
+def read_glyph(image: ImageLike) -> Optional[GlyphReading]:
+    """Recognise the glyph drawn in ``image`` in its most frequent object colour; ``None`` if nothing is drawn."""
+    found = _glyph_mask(image)
+    if found is None:
+        return None
+    colour, normalised = found
     ious = {glyph: _iou(normalised, template) for glyph, template in _glyph_templates().items()}
     glyph = max(ious, key=ious.get)
     return GlyphReading(glyph, colour, ious[glyph])
+
+
+def glyph_iou(image: ImageLike, glyph: str) -> float:
+    """IoU in [0, 1] of what ``image`` draws (its most frequent object colour) with the template of ``glyph``: a
+    dense version of the ``glyph`` criterion (0 when nothing is drawn), e.g. as an RL reward."""
+    templates = _glyph_templates()
+    if glyph not in templates:
+        raise ValueError(f"Unknown glyph {glyph!r}; expected one of {world.GLYPHS}.")
+    found = _glyph_mask(image)
+    return 0.0 if found is None else _iou(found[1], templates[glyph])
 
 
 # ---------------------------------------------------------------------------------------------------------------

@@ -8,11 +8,11 @@ from http.server import BaseHTTPRequestHandler, HTTPServer
 
 import pytest
 import torch
-from PIL import Image
+from PIL import Image, ImageFilter
 
 from deepgen import world
-from deepgen.training.rewards import (MixedReward, OCRReward, ShapeEvalReward, VLMJudgeError, VLMJudgeReward,
-                                      edit_similarity, glyph_recognizer, quoted_text)
+from deepgen.training.rewards import (GlyphIoUReward, MixedReward, OCRReward, ShapeEvalReward, VLMJudgeError,
+                                      VLMJudgeReward, edit_similarity, glyph_recognizer, quoted_text)
 
 
 def _samples(capability: str, n: int = 3):
@@ -40,6 +40,17 @@ def test_ocr_reward_on_rendered_glyphs():
     assert torch.all(scores == 1.0)
     assert edit_similarity("DeepGen", "deep gen") == 1.0 and edit_similarity("abc", "") == 0.0
     assert quoted_text('a sign that says "OPEN 24h"') == "OPEN 24h"
+
+
+def test_glyph_iou_reward_is_dense_and_zero_without_a_glyph():
+    samples = _samples("text_rendering", 3)
+    images = [s.target_image(64) for s in samples]
+    exact = GlyphIoUReward()(images, [s.prompt for s in samples], [s.metadata for s in samples])
+    assert torch.all(exact > 0.98)
+    blurred = [image.filter(ImageFilter.GaussianBlur(2)) for image in images]
+    partial = GlyphIoUReward()(blurred, [s.prompt for s in samples], [s.metadata for s in samples])
+    assert torch.all((partial > 0.0) & (partial < exact))
+    assert GlyphIoUReward()(images[:1], ["a red circle"], [{"capability": "generation"}]).item() == 0.0
 
 
 def test_mixed_reward_weights_and_per_sample_weights():

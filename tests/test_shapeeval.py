@@ -90,6 +90,16 @@ def test_every_glyph_is_recognised(glyph):
             assert (reading.glyph, reading.colour) == (glyph, colour)
 
 
+def test_glyph_iou_is_dense_and_peaks_at_the_requested_glyph():
+    image = world.Scene(glyph=world.GlyphSpec("E", "green")).render(64)
+    assert shapeeval.glyph_iou(image, "E") == pytest.approx(1.0, abs=0.02)
+    assert shapeeval.glyph_iou(image, "F") < shapeeval.glyph_iou(image, "E")  # a near miss keeps part credit
+    assert shapeeval.glyph_iou(image, "F") > shapeeval.glyph_iou(image, "1") > 0.0
+    assert shapeeval.glyph_iou(Image.new("RGB", (64, 64), world.PALETTE["grey"]), "E") == 0.0
+    with pytest.raises(ValueError, match="Unknown glyph"):
+        shapeeval.glyph_iou(image, "e")
+
+
 def test_criteria_pinpoint_the_mistake():
     spec = world.ShapeSpec("circle", "red", "left", "large")
     metadata = {"capability": "generation", "groups": [

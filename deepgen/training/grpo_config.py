@@ -18,7 +18,7 @@ from .config import TrainConfig, apply_override, build_config, config_from_dict
 from .grpo import SDE_TYPES
 
 ADVANTAGES = ("gdpo", "grpo")
-OCR_ENGINES = ("glyph", "paddleocr")
+OCR_ENGINES = ("glyph", "glyph_iou", "paddleocr")
 
 
 @dataclass
@@ -45,7 +45,8 @@ class ShapeEvalRewardConfig:
 @dataclass
 class OCRRewardConfig:
     weight: float = 1.0
-    # "glyph": ShapeEval's template matcher (shape world); "paddleocr": PaddleOCR 2.x (pip install paddleocr).
+    # "glyph": ShapeEval's template matcher (shape world); "glyph_iou": its dense IoU with the requested glyph
+    # (shape world, rewards near misses); "paddleocr": PaddleOCR 2.x (pip install paddleocr).
     engine: str = "glyph"
     # Apply OCR only to prompts with quoted text (or metadata "text"/"glyph"); others get weight 0 for it.
     text_prompts_only: bool = True

@@ -117,6 +117,19 @@ class OCRReward:
         return torch.tensor(scores, dtype=torch.float32)
 
 
+class GlyphIoUReward:
+    """Dense text reward for the shape world: :func:`deepgen.shapeeval.glyph_iou` of the image with the glyph the
+    prompt asks for (``metadata["glyph"]``; 0 without one). Unlike OCR's right-or-wrong reading it separates
+    near misses from blobs, so a group of images that are all misread still has a reward spread to learn from."""
+
+    def __call__(self, images, prompts, metadata) -> torch.Tensor:
+        from ..shapeeval import glyph_iou
+
+        _check_batch(images, prompts, metadata)
+        return torch.tensor([glyph_iou(image, meta["glyph"]) if meta.get("glyph") else 0.0
+                             for image, meta in zip(images, metadata)], dtype=torch.float32)
+
+
 def glyph_recognizer(image: Image.Image) -> str:
     """ShapeEval's template matcher as an OCR engine for the world's single digits and letters."""
     from ..shapeeval import read_glyph
@@ -256,8 +269,11 @@ def build_rewards(config: RewardsConfig, device: torch.device) -> MixedReward:
         rewards["shapeeval"] = ShapeEvalReward(config.shapeeval.criterion)
         weights["shapeeval"] = config.shapeeval.weight
     if config.ocr is not None:
-        recognize = glyph_recognizer if config.ocr.engine == "glyph" else paddleocr_recognizer()
-        rewards["ocr"], weights["ocr"] = OCRReward(recognize), config.ocr.weight
+        if config.ocr.engine == "glyph_iou":
+            rewards["ocr"] = GlyphIoUReward()
+        else:
+            rewards["ocr"] = OCRReward(glyph_recognizer if config.ocr.engine == "glyph" else paddleocr_recognizer())
+        weights["ocr"] = config.ocr.weight
     if config.clip is not None:
         rewards["clip"], weights["clip"] = CLIPReward(config.clip.model_id, device=str(device)), config.clip.weight
     if config.vlm_judge is not None:
