@@ -45,11 +45,18 @@ def test_sample_accepts_seed_or_generator():
 def test_held_out_rule_matches_documented_pairs():
     assert world.HELD_OUT_SHAPE_COLOURS == {
         ("circle", "red"), ("circle", "blue"), ("square", "green"), ("square", "black"),
-        ("triangle", "yellow"), ("triangle", "white"), ("diamond", "orange"), ("diamond", "purple")}
+        ("triangle", "white"), ("diamond", "orange"), ("diamond", "purple")}
     # Only combinations are new in eval: every shape and every colour also has training pairs.
     train_pairs = {(s, c) for s in world.SHAPES for c in world.OBJECT_COLOURS} - world.HELD_OUT_SHAPE_COLOURS
     assert {s for s, _ in train_pairs} == set(world.SHAPES)
     assert {c for _, c in train_pairs} == set(world.OBJECT_COLOURS)
+    # Every shape keeps a light and a dark colour in training (the modular rule alone left triangles no light one).
+    for shape in world.SHAPES:
+        assert {c for s, c in train_pairs if s == shape} & {"yellow", "white"}, shape
+        assert {c for s, c in train_pairs if s == shape} & {"black", "blue", "purple"}, shape
+    # The exception only moves pairs into training: held-out pairs are a subset of the modular rule's.
+    assert all((world.SHAPES.index(s) + world.OBJECT_COLOURS.index(c)) % 4 == 0
+               for s, c in world.HELD_OUT_SHAPE_COLOURS)
 
 
 def test_splits_use_disjoint_combinations():

@@ -127,6 +127,9 @@ def main() -> None:
     parser.add_argument("--data", type=Path, default=Path("runs/nano/data"))
     parser.add_argument("--vae", type=Path, default=Path("runs/nano/vae"))
     parser.add_argument("--out", type=Path, default=Path("runs/nano/dit"))
+    parser.add_argument("--init", type=Path, default=None,
+                        help="start from this pretrained transformer (a fresh optimiser and schedule), e.g. to "
+                             "continue a base DiT on regenerated data")
     parser.add_argument("--steps", type=int, default=4000)
     parser.add_argument("--batch-size", type=int, default=32)
     parser.add_argument("--lr", type=float, default=5e-4)
@@ -171,7 +174,8 @@ def main() -> None:
     source_index[edit_rows] = np.arange(len(edit_rows))
 
     torch.manual_seed(args.seed)
-    transformer = KontextSD3Transformer2DModel.from_config(config.transformer).to(args.device)
+    transformer = (KontextSD3Transformer2DModel.from_pretrained(args.init) if args.init is not None
+                   else KontextSD3Transformer2DModel.from_config(config.transformer)).to(args.device)
     optimizer = torch.optim.AdamW(transformer.parameters(), lr=args.lr, betas=(0.9, 0.95), weight_decay=0.05)
     scheduler = FlowMatchEulerDiscreteScheduler.from_config(config.scheduler)
     train_scheduler = copy.deepcopy(scheduler)
