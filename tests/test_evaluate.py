@@ -46,6 +46,13 @@ def test_evaluate_pipeline_scores_every_capability_of_the_chosen_split(tiny_pipe
     assert drawn == ["eval", "train"]
 
 
+def test_evaluate_pipeline_can_score_some_capabilities_only(tiny_pipe):
+    results = evaluate.evaluate_pipeline(tiny_pipe, per_capability=3, steps=1, size=32, split="train",
+                                         capabilities=("generation", "text_rendering"))
+    assert set(results["capabilities"]) == {"generation", "text_rendering"}
+    assert all(scores["n"] == 3 for scores in results["capabilities"].values())
+
+
 def test_single_object_scores_are_split_by_shape_colour_pair(tiny_pipe):
     results = evaluate.evaluate_pipeline(tiny_pipe, per_capability=12, steps=1, size=32)
     subsets = results["subsets"]

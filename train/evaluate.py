@@ -7,12 +7,14 @@ never occur in training. Besides the five capabilities, ``generation_single`` re
 generation prompts alone (the issue's "colour and shape of single-object prompts" target), and
 ``generation_single/<colour> <shape>`` the same per (shape, colour) pair, which shows where it fails. ``--split train``
 scores prompts of the training split instead (fresh samples of the pairs the model was trained on), which
-measures how much of the held-out gap is compositional generalisation.
+measures how much of the held-out gap is compositional generalisation. ``--capabilities`` restricts the samples
+to some capabilities (e.g. many generation prompts, to read single-object accuracy per pair).
 
 Usage:
     python train/evaluate.py --model runs/nano/sft --per-capability 100 --steps 12 --out runs/nano/eval/sft.json
     python train/evaluate.py --model deepgen-nano-sft ...   # a built-in model name works too
     python train/evaluate.py --model deepgen-nano-sft --split train --eval-seed 7 ...
+    python train/evaluate.py --model deepgen-nano-sft --split train --capabilities generation --per-capability 500
 """
 
 from __future__ import annotations
@@ -53,15 +55,16 @@ def generate(pipe: DeepGenPipeline, samples: list[world.Sample], size: int = 64,
 
 def evaluate_pipeline(pipe: DeepGenPipeline, per_capability: int = 100, steps: int = 12,
                       guidance_scale: float = 3.0, eval_seed: int = 0, seed: int = 0,
-                      batch_size: int = 50, size: int = 64, split: str = "eval") -> dict[str, Any]:
-    """Generate and score ``per_capability`` samples of each capability of the world's ``split``.
+                      batch_size: int = 50, size: int = 64, split: str = "eval",
+                      capabilities: tuple[str, ...] = world.CAPABILITIES) -> dict[str, Any]:
+    """Generate and score ``per_capability`` samples of each of ``capabilities`` of the world's ``split``.
 
     Returns:
         :func:`deepgen.shapeeval.evaluate_dataset`'s results plus ``subsets["generation_single"]``: the scores of
         the single-object generation prompts alone, and ``subsets["generation_single/<colour> <shape>"]``: those
         of each (shape, colour) pair among them.
     """
-    samples = world.dataset(split, per_capability * len(world.CAPABILITIES), seed=eval_seed)
+    samples = world.dataset(split, per_capability * len(capabilities), seed=eval_seed, capabilities=capabilities)
     images = generate(pipe, samples, size, steps, guidance_scale, batch_size, seed)
     results = shapeeval.evaluate_dataset(images, samples)
     single = [(image, s) for image, s in zip(images, samples)
@@ -92,6 +95,8 @@ def main() -> None:
     parser.add_argument("--split", choices=("eval", "train"), default="eval",
                         help="world split to sample prompts from (eval: held-out pairs)")
     parser.add_argument("--eval-seed", type=int, default=0, help="seed of the sampled split")
+    parser.add_argument("--capabilities", nargs="+", choices=world.CAPABILITIES, default=list(world.CAPABILITIES),
+                        help="score only these capabilities (default: all five)")
     parser.add_argument("--seed", type=int, default=0, help="seed of the sampling noise")
     parser.add_argument("--threads", type=int, default=None, help="torch CPU threads (default: torch's)")
     parser.add_argument("--out", type=Path, default=None, help="write the results here as JSON")
@@ -103,12 +108,12 @@ def main() -> None:
     pipe.set_progress_bar_config(disable=True)
     tic = time.time()
     results = evaluate_pipeline(pipe, args.per_capability, args.steps, args.guidance_scale, args.eval_seed,
-                                args.seed, args.batch_size, args.size, args.split)
+                                args.seed, args.batch_size, args.size, args.split, tuple(args.capabilities))
     elapsed = time.time() - tic
     print(shapeeval.format_table(results))
     for name, scores in results.get("subsets", {}).items():
         print(f"{name}: n={scores['n']} " + " ".join(f"{k}={v:.3f}" for k, v in scores.items() if k != "n"))
-    print(f"{len(world.CAPABILITIES) * args.per_capability} samples in {elapsed:.0f}s")
+    print(f"{len(args.capabilities) * args.per_capability} samples in {elapsed:.0f}s")
     if args.out is not None:
         args.out.parent.mkdir(parents=True, exist_ok=True)
         record = {"model": str(args.model), "settings": {k: str(v) for k, v in vars(args).items()},
