@@ -27,9 +27,9 @@ Why the exception: the modular rule alone holds out yellow and white -- the pale
 the triangle, so training would never show a light triangle, and every model trained on it (VAE, base DiT, the
 DeepGen stages) learned "light, so not a triangle" and failed both pairs (docs/nano.md). Keeping the yellow
 triangle in training leaves every shape a light and a dark colour. It is yellow rather than white that stays
-because the nano VAE cannot reconstruct small yellow triangles even when trained on them, so a held-out yellow
-triangle would measure the VAE, not composition. The held-out pairs are a subset of the modular rule's, so
-components trained on the rule alone never saw any of them.
+because the nano VAE pretrained on the rule alone could not reconstruct small yellow triangles at all (white ones
+about half the time), so a held-out yellow triangle would have measured the VAE, not composition. The held-out
+pairs are a subset of the modular rule's, so components trained on the rule alone never saw any of them.
 """
 
 from __future__ import annotations

@@ -3,6 +3,8 @@
 # Every step resumes from its checkpoint when re-run, so a killed run continues where it stopped.
 # Two single-threaded jobs run side by side where steps are independent (this recipe targets a 2-core CPU).
 #   bash train/nano/run_all.sh
+# It trains every component from scratch on the world's current split. The shipped models took a shorter path:
+# base components pretrained on the first split, continued on the current one (docs/nano.md, "The v2 split").
 set -euo pipefail
 cd "$(dirname "$0")/../.."
 export OMP_NUM_THREADS=1
