@@ -445,23 +445,83 @@ def evaluate_dataset(images: Sequence[ImageLike], samples: Sequence[MetadataLike
     """Score ``images[i]`` against ``samples[i]`` and average.
 
     Returns:
-        ``{"capabilities": {capability: {"n": count, criterion: mean, ...}}, "overall": mean}`` where the top-level
-        ``overall`` is the unweighted mean of the capabilities' ``overall`` (as GenEval averages its tasks).
+        ``{"capabilities": {capability: {"n": count, criterion: mean, ...}}, "overall": mean, "per_sample": [...]}``
+        where the top-level ``overall`` is the unweighted mean of the capabilities' ``overall`` (as GenEval averages
+        its tasks) and ``per_sample[i]`` is ``{"capability": ..., "overall": ...}`` of ``samples[i]``, what
+        :func:`compare` pairs up.
     """
     if len(images) != len(samples):
         raise ValueError(f"Got {len(images)} images for {len(samples)} samples; pass one image per sample.")
     collected: dict[str, dict[str, list[float]]] = defaultdict(lambda: defaultdict(list))
+    per_sample = []
     for image, sample in zip(images, samples):
         metadata = _metadata_of(sample)
-        for criterion, score in evaluate(image, metadata).items():
+        scores = evaluate(image, metadata)
+        for criterion, score in scores.items():
             collected[metadata["capability"]][criterion].append(score)
+        per_sample.append({"capability": metadata["capability"], "overall": scores["overall"]})
     capabilities: dict[str, dict[str, float]] = {}
     for capability in sorted(collected, key=world.CAPABILITIES.index):
         scores = collected[capability]
         capabilities[capability] = {"n": len(scores["overall"]),
                                     **{criterion: float(np.mean(values)) for criterion, values in scores.items()}}
     overall = float(np.mean([scores["overall"] for scores in capabilities.values()])) if capabilities else 0.0
-    return {"capabilities": capabilities, "overall": overall}
+    return {"capabilities": capabilities, "overall": overall, "per_sample": per_sample}
+
+
+def compare(base: Sequence[Mapping[str, Any]], candidate: Sequence[Mapping[str, Any]], n_resamples: int = 10_000,
+            level: float = 0.95, seed: int = 0) -> dict[str, dict[str, float]]:
+    """Paired comparison of two models scored on the same samples, with bootstrap confidence intervals.
+
+    Args:
+        base, candidate: :func:`evaluate_dataset` results, one per draw of samples; ``candidate[k]`` must score the
+            same samples as ``base[k]``, in the same order (e.g. ``train/evaluate.py`` with the same settings).
+            Draws are pooled.
+        n_resamples: bootstrap resamples. Samples are resampled within each capability (the capabilities'
+            sizes are fixed by the evaluation design), the same indices for both models.
+        level: coverage of the percentile interval.
+
+    Returns:
+        ``{capability: {"n", "base", "candidate", "delta", "low", "high"}}`` plus ``"overall"``, the unweighted
+        mean over capabilities as in :func:`evaluate_dataset`; ``delta`` = candidate - base and
+        ``[low, high]`` its interval.
+    """
+    if len(base) != len(candidate) or not base:
+        raise ValueError(f"Got {len(base)} base and {len(candidate)} candidate results; pass one of each per draw "
+                         "of samples, in the same order.")
+    paired: dict[str, list[tuple[float, float]]] = defaultdict(list)
+    for draw, (b, c) in enumerate(zip(base, candidate)):
+        if "per_sample" not in b or "per_sample" not in c:
+            raise ValueError("compare() needs per-sample scores; evaluate again with this version of "
+                             "evaluate_dataset (train/evaluate.py writes them as 'per_sample').")
+        rows_b, rows_c = b["per_sample"], c["per_sample"]
+        if [r["capability"] for r in rows_b] != [r["capability"] for r in rows_c]:
+            raise ValueError(f"Draw {draw}: the two results do not score the same samples (their capabilities "
+                             "differ); evaluate both on the same split, seed and sample count.")
+        for rb, rc in zip(rows_b, rows_c):
+            paired[rb["capability"]].append((rb["overall"], rc["overall"]))
+    order = sorted(paired, key=lambda name: world.CAPABILITIES.index(name) if name in world.CAPABILITIES else 99)
+    rng = np.random.default_rng(seed)
+    tail = (1.0 - level) / 2 * 100
+    table: dict[str, dict[str, float]] = {}
+    resampled = []
+    for capability in order:
+        scores = np.asarray(paired[capability], dtype=np.float64)  # (n, 2): base, candidate
+        difference = scores[:, 1] - scores[:, 0]
+        index = rng.integers(0, len(difference), size=(n_resamples, len(difference)))
+        means = difference[index].mean(axis=1)
+        resampled.append(means)
+        table[capability] = {"n": len(difference), "base": float(scores[:, 0].mean()),
+                             "candidate": float(scores[:, 1].mean()), "delta": float(difference.mean()),
+                             "low": float(np.percentile(means, tail)), "high": float(np.percentile(means, 100 - tail))}
+    overall = np.mean(resampled, axis=0)
+    rows = list(table.values())
+    table["overall"] = {"n": sum(row["n"] for row in rows),
+                        "base": float(np.mean([row["base"] for row in rows])),
+                        "candidate": float(np.mean([row["candidate"] for row in rows])),
+                        "delta": float(np.mean([row["delta"] for row in rows])),
+                        "low": float(np.percentile(overall, tail)), "high": float(np.percentile(overall, 100 - tail))}
+    return table
 
 
 _COLUMN_ORDER = ("overall", "correct", "colour", "shape", "count", "size", "position", "instruction",

@@ -13,6 +13,7 @@ import pytest
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "train"))
 
+import compare_evals  # noqa: E402
 import evaluate  # noqa: E402
 
 from deepgen import world  # noqa: E402
@@ -75,3 +76,19 @@ def test_cli_writes_json_record(tiny_pipe, tmp_path, monkeypatch, capsys):
     assert record["settings"]["split"] == "train"
     assert set(record["capabilities"]) == set(world.CAPABILITIES)
     assert "| **overall** |" in capsys.readouterr().out
+
+
+def test_compare_cli_pairs_two_models_on_the_same_samples(tiny_pipe, tmp_path, monkeypatch, capsys):
+    tiny_pipe.save_pretrained(tmp_path / "pipe")
+    common = ["--model", str(tmp_path / "pipe"), "--per-capability", "2", "--steps", "1", "--size", "32"]
+    for name, extra in (("a", []), ("b", []), ("other", ["--eval-seed", "1"])):
+        monkeypatch.setattr(sys, "argv", ["evaluate.py", *common, *extra, "--out", str(tmp_path / f"{name}.json")])
+        evaluate.main()
+    capsys.readouterr()
+    monkeypatch.setattr(sys, "argv", ["compare_evals.py", "--base", str(tmp_path / "a.json"),
+                                      "--candidate", str(tmp_path / "b.json"), "--resamples", "100"])
+    compare_evals.main()
+    table = capsys.readouterr().out
+    assert "| **overall** | 10 |" in table and "+0.000 | [+0.000, +0.000] |" in table  # same model, same samples
+    with pytest.raises(ValueError, match="different settings \\(eval_seed\\)"):
+        compare_evals.load_pairs([tmp_path / "a.json"], [tmp_path / "other.json"])

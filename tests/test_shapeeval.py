@@ -187,3 +187,61 @@ def test_vae_probe_images_read_back_as_their_pairs():
             (component,) = shapeeval.read_scene(image).components
             assert (component.colour, component.shape, component.size) == (colour, shape, size)
             assert component.position == world.POSITIONS[k % len(world.POSITIONS)]
+
+
+def test_per_sample_scores_follow_the_samples_and_average_to_the_table():
+    samples = world.dataset("eval", 20, seed=2)
+    images = [s.target_image(64) if i % 2 else Image.new("RGB", (64, 64)) for i, s in enumerate(samples)]
+    results = shapeeval.evaluate_dataset(images, samples)
+    assert [row["capability"] for row in results["per_sample"]] == [s.capability for s in samples]
+    for capability, scores in results["capabilities"].items():
+        rows = [row["overall"] for row in results["per_sample"] if row["capability"] == capability]
+        assert np.mean(rows) == pytest.approx(scores["overall"])
+
+
+def _synthetic_results(scores_by_capability: dict[str, list[float]]) -> dict:
+    return {"per_sample": [{"capability": capability, "overall": score}
+                           for capability, scores in scores_by_capability.items() for score in scores]}
+
+
+def test_compare_identical_models_gives_a_zero_difference_and_interval():
+    results = _synthetic_results({"generation": [0.2, 0.9, 0.5], "editing": [0.0, 1.0]})
+    table = shapeeval.compare([results], [results], n_resamples=200)
+    for row in table.values():
+        assert row["delta"] == 0.0 and row["low"] == 0.0 and row["high"] == 0.0
+    assert table["overall"]["n"] == 5
+
+
+def test_compare_pools_draws_and_averages_capabilities_unweighted():
+    rng = np.random.default_rng(0)
+    base_a = {"generation": list(rng.uniform(0, 0.8, 40)), "editing": list(rng.uniform(0, 0.8, 40))}
+    base_b = {"generation": list(rng.uniform(0, 0.8, 40)), "editing": list(rng.uniform(0, 0.8, 40))}
+    shifted = [{"generation": [x + 0.1 for x in d["generation"]], "editing": [x - 0.3 for x in d["editing"]]}
+               for d in (base_a, base_b)]
+    table = shapeeval.compare([_synthetic_results(base_a), _synthetic_results(base_b)],
+                              [_synthetic_results(d) for d in shifted], n_resamples=500)
+    assert table["generation"]["n"] == 80
+    assert table["generation"]["delta"] == pytest.approx(0.1)
+    assert table["editing"]["delta"] == pytest.approx(-0.3)
+    assert table["overall"]["delta"] == pytest.approx(-0.1)
+    assert table["generation"]["low"] == pytest.approx(0.1) and table["generation"]["high"] == pytest.approx(0.1)
+
+
+def test_compare_interval_covers_the_mean_difference_of_noisy_pairs():
+    rng = np.random.default_rng(1)
+    base = {"generation": list(rng.uniform(0, 1, 200))}
+    candidate = {"generation": [x + rng.normal(0.05, 0.2) for x in base["generation"]]}
+    row = shapeeval.compare([_synthetic_results(base)], [_synthetic_results(candidate)])["generation"]
+    assert row["low"] < row["delta"] < row["high"]
+    assert 0.02 < row["high"] - row["low"] < 0.12  # about 4 standard errors of 0.2 / sqrt(200)
+
+
+def test_compare_rejects_results_of_different_samples():
+    a = _synthetic_results({"generation": [0.5, 0.5], "editing": [0.5]})
+    b = _synthetic_results({"editing": [0.5], "generation": [0.5, 0.5]})
+    with pytest.raises(ValueError, match="same samples"):
+        shapeeval.compare([a], [b])
+    with pytest.raises(ValueError, match="one of each per draw"):
+        shapeeval.compare([a, a], [a])
+    with pytest.raises(ValueError, match="per-sample scores"):
+        shapeeval.compare([{"overall": 0.5}], [a])

@@ -1,0 +1,72 @@
+"""Paired comparison of two models' ShapeEval results, with bootstrap confidence intervals.
+
+Each model is evaluated by ``train/evaluate.py`` on the same draws of samples (same split, ``--eval-seed``,
+``--per-capability``, sampler settings and noise ``--seed``); pass the files of each draw in the same order. The
+draws are pooled, and the difference candidate - base is reported per capability and overall with a 95% paired
+bootstrap interval (:func:`deepgen.shapeeval.compare`):
+
+    python train/compare_evals.py --base runs/nano2/eval/seed2-sft.json runs/nano2/eval/seed3-sft.json \
+        --candidate runs/nano2/eval/seed2-rl.json runs/nano2/eval/seed3-rl.json
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+from pathlib import Path
+from typing import Any
+
+from deepgen import shapeeval
+
+# evaluate.py settings that may differ between the two files of a pair (they change neither the samples drawn
+# nor their noise: batch k of a kind draws seed + k, so the batch size must match).
+_FREE_SETTINGS = ("model", "out", "threads")
+
+
+def load_pairs(base: list[Path], candidate: list[Path]) -> tuple[list[dict[str, Any]], list[dict[str, Any]]]:
+    """Read the JSON files; raise ``ValueError`` unless each pair was evaluated with the same settings."""
+    if len(base) != len(candidate):
+        raise ValueError(f"Got {len(base)} --base and {len(candidate)} --candidate files; pass one of each per "
+                         "draw of samples, in the same order.")
+    bases, candidates = [], []
+    for path_b, path_c in zip(base, candidate):
+        b, c = json.loads(path_b.read_text()), json.loads(path_c.read_text())
+        differing = sorted(key for key in set(b["settings"]) | set(c["settings"])
+                           if key not in _FREE_SETTINGS and b["settings"].get(key) != c["settings"].get(key))
+        if differing:
+            raise ValueError(f"{path_b} and {path_c} were evaluated with different settings ({', '.join(differing)}); "
+                             "a paired comparison needs the same samples and sampler.")
+        bases.append(b)
+        candidates.append(c)
+    return bases, candidates
+
+
+def format_comparison(table: dict[str, dict[str, float]], level: float) -> str:
+    """Markdown table of :func:`deepgen.shapeeval.compare`'s result."""
+    lines = [f"| capability | n | base | candidate | delta | {level:.0%} interval |", "|---|---:|---:|---:|---:|---|"]
+    for name, row in table.items():
+        label = f"**{name}**" if name == "overall" else name
+        lines.append(f"| {label} | {row['n']} | {row['base']:.3f} | {row['candidate']:.3f} | {row['delta']:+.3f} | "
+                     f"[{row['low']:+.3f}, {row['high']:+.3f}] |")
+    return "\n".join(lines)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--base", type=Path, nargs="+", required=True, help="evaluate.py JSON files of the base")
+    parser.add_argument("--candidate", type=Path, nargs="+", required=True,
+                        help="evaluate.py JSON files of the candidate, one per --base file, same order")
+    parser.add_argument("--resamples", type=int, default=10_000)
+    parser.add_argument("--level", type=float, default=0.95)
+    parser.add_argument("--seed", type=int, default=0, help="seed of the bootstrap")
+    args = parser.parse_args()
+    try:
+        bases, candidates = load_pairs(args.base, args.candidate)
+        table = shapeeval.compare(bases, candidates, args.resamples, args.level, args.seed)
+    except ValueError as error:
+        parser.error(str(error))
+    print(format_comparison(table, args.level))
+
+
+if __name__ == "__main__":
+    main()
