@@ -55,6 +55,15 @@ def test_two_step_run_checkpoints_resumes_exactly_and_logs_every_reward(tmp_path
     assert png.read_bytes()[:4] == b"\x89PNG"
 
 
+def test_reward_log_reads_the_last_row_per_step_up_to_max_step(tmp_path):
+    log = tmp_path / "loss_log.jsonl"
+    rows = [{"step": 1, "reward/a": 0.1}, {"step": 2, "reward/a": 0.2}, {"step": 2, "reward/a": 0.25},
+            {"step": 3, "reward/a": 0.3}, {"step": 3, "eval/a": 0.9}]
+    log.write_text("".join(json.dumps(row) + "\n" for row in rows))  # step 2 repeated by a resume
+    assert [row["reward/a"] for row in plot_rewards.read_log(log)] == [0.1, 0.25, 0.3]
+    assert [row["step"] for row in plot_rewards.read_log(log, max_step=2)] == [1, 2]
+
+
 def test_config_overrides_and_errors():
     train, grpo = stage3_grpo.load_stage3_config(CONFIG, ["grpo.kl_beta=0", "grpo.rewards.ocr=null",
                                                          "grpo.prompts.world_samples=4", "optim.lr=1e-5"])
@@ -77,6 +86,15 @@ def test_authors_config_loads_with_their_defaults():
     assert (grpo.num_inference_steps, train.data.resolution, grpo.timestep_fraction) == (50, 512, 0.6)
     assert (grpo.sde_type, grpo.advantage) == ("cps", "gdpo")
     assert {"vlm_judge", "ocr", "clip"} == {k for k, v in vars(grpo.rewards).items() if v is not None}
+
+
+def test_nano_config_is_the_shipped_recipe():
+    """deepgen-nano (RL) averages three runs of this config (docs/rl.md, round 7); it must stay what they ran."""
+    train, grpo = stage3_grpo.load_stage3_config(str(ROOT / "train" / "configs" / "nano-stage3.yaml"))
+    assert (train.optim.lr, train.max_steps, grpo.kl_beta, grpo.sft_lambda) == (5e-5, 60, 0.0, 0.0)
+    assert grpo.prompts.world_capabilities == ["generation", "reasoning_generation"]
+    assert {k for k, v in vars(grpo.rewards).items() if v is not None} == {"shapeeval"}
+    assert (grpo.sde_type, grpo.num_inference_steps, grpo.guidance_scale) == ("flow_grpo", 12, 3.0)
 
 
 def test_two_processes_through_accelerate(tmp_path):

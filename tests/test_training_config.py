@@ -23,7 +23,8 @@ def test_defaults_are_valid_and_round_trip():
     assert config_from_dict(config_to_dict(config)) == config
 
 
-@pytest.mark.parametrize("name", ["tiny-stage1", "tiny-stage2", "deepgen-1.0-stage1", "deepgen-1.0-stage2"])
+@pytest.mark.parametrize("name", ["tiny-stage1", "tiny-stage2", "nano-stage1", "nano-stage2", "deepgen-1.0-stage1",
+                                  "deepgen-1.0-stage2"])
 def test_shipped_configs_load(name):
     config = load_config(CONFIGS / f"{name}.yaml")
     assert config_from_dict(config_to_dict(config)) == config

@@ -20,18 +20,21 @@ import argparse
 import json
 import textwrap
 from pathlib import Path
+from typing import Optional
 
 REWARD_PREFIX = "reward/"
 
 
-def read_log(path: Path) -> list[dict]:
-    """The log's rows that carry rewards, in step order (a resumed run may repeat steps: the last one wins)."""
+def read_log(path: Path, max_step: Optional[int] = None) -> list[dict]:
+    """The log's rows that carry rewards, in step order (a resumed run may repeat steps: the last one wins), up to
+    ``max_step`` if given (e.g. the first 60 steps of a run that went on to 120)."""
     rows: dict[int, dict] = {}
     for line in path.read_text().splitlines():
         if line.strip():
             row = json.loads(line)
             if "step" in row and any(key.startswith(REWARD_PREFIX) for key in row):
-                rows[int(row["step"])] = row
+                if max_step is None or int(row["step"]) <= max_step:
+                    rows[int(row["step"])] = row
     if not rows:
         raise ValueError(f"{path} has no rows with '{REWARD_PREFIX}*' keys; is it a stage-3 log?")
     return [rows[step] for step in sorted(rows)]
@@ -48,13 +51,14 @@ def moving_average(values: list[float], window: int) -> list[float]:
     return out
 
 
-def plot(logs: list[Path], labels: list[str], out: Path, smooth: int = 5, title: str = "") -> None:
+def plot(logs: list[Path], labels: list[str], out: Path, smooth: int = 5, title: str = "",
+         max_step: Optional[int] = None) -> None:
     import matplotlib
 
     matplotlib.use("Agg")  # files only, no display needed
     import matplotlib.pyplot as plt
 
-    runs = [read_log(path) for path in logs]
+    runs = [read_log(path, max_step) for path in logs]
     names = sorted({key[len(REWARD_PREFIX):] for rows in runs for row in rows for key in row
                     if key.startswith(REWARD_PREFIX)})
     figure, axes = plt.subplots(1, len(names), figsize=(4.2 * len(names), 3.2), squeeze=False)
@@ -128,6 +132,7 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--out", type=Path, default=Path("rewards.png"), help="PNG to write")
     parser.add_argument("--smooth", type=int, default=5, help="moving-average window in steps (default 5)")
     parser.add_argument("--title", default="", help="figure title")
+    parser.add_argument("--max-step", type=int, default=None, help="plot steps up to this one only")
     args = parser.parse_args(argv)
     if bool(args.logs) == bool(args.samples_of):
         parser.error("give either jsonl logs (reward curves) or --samples-of MODEL ... (a sample grid)")
@@ -143,7 +148,7 @@ def main(argv: list[str] | None = None) -> None:
         parser.error(f"got {len(args.logs)} logs but {len(labels)} labels; give one label per log")
     if args.smooth < 1:
         parser.error("--smooth must be >= 1")
-    plot(args.logs, labels, args.out, args.smooth, args.title)
+    plot(args.logs, labels, args.out, args.smooth, args.title, args.max_step)
     print(f"wrote {args.out}")
 
 

@@ -1,5 +1,6 @@
 #!/usr/bin/env bash
-# The whole DeepGen-nano recipe, from an empty runs/nano/ to shipped, evaluated checkpoints (train/nano/README.md).
+# The whole DeepGen-nano recipe, from an empty runs/nano/ to shipped, evaluated checkpoints (train/nano/README.md),
+# stage 3 included (docs/rl.md).
 # Every step resumes from its checkpoint when re-run, so a killed run continues where it stopped.
 # Two single-threaded jobs run side by side where steps are independent (this recipe targets a 2-core CPU).
 #   bash train/nano/run_all.sh
@@ -58,3 +59,13 @@ python train/evaluate.py --model deepgen-nano-sft $EVAL --split train --eval-see
 python train/nano/results_table.py "base (fresh bridge)=$RUNS/eval/base.json" "stage 1=$RUNS/eval/stage1.json" \
     "stage 2 (SFT)=$RUNS/eval/sft.json" "ablation: stage 1, last layer only=$RUNS/eval/ablation-stage1.json" \
     "reference: base DiT + its stand-in text encoder=$RUNS/dit/standin_shapeeval.json"
+
+# 7. Stage 3 (MR-GRPO, docs/rl.md) from the shipped stage 2: three seeds, their weight average ships as deepgen-nano.
+python train/stage3_grpo.py --config train/configs/nano-stage3.yaml seed=0 output_dir="$RUNS/rl-s0" &
+python train/stage3_grpo.py --config train/configs/nano-stage3.yaml seed=1 output_dir="$RUNS/rl-s1" &
+wait
+OMP_NUM_THREADS=2 python train/stage3_grpo.py --config train/configs/nano-stage3.yaml seed=2 output_dir="$RUNS/rl-s2"
+python train/average_checkpoints.py "$RUNS"/rl-s{0,1,2}/final --out "$RUNS/rl-avg"
+python train/nano/ship.py "$RUNS/rl-avg" deepgen/assets/deepgen-nano-rl
+python train/evaluate.py --model deepgen-nano $EVAL --out "$RUNS/eval/rl.json"
+python train/compare_evals.py --base "$RUNS/eval/sft.json" --candidate "$RUNS/eval/rl.json"
