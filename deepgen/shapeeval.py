@@ -486,6 +486,8 @@ def compare(base: Sequence[Mapping[str, Any]], candidate: Sequence[Mapping[str, 
         mean over capabilities as in :func:`evaluate_dataset`; ``delta`` = candidate - base and
         ``[low, high]`` its interval.
     """
+    if n_resamples < 1 or not 0.0 < level < 1.0:
+        raise ValueError(f"n_resamples must be >= 1 and level in (0, 1); got {n_resamples} and {level}.")
     if len(base) != len(candidate) or not base:
         raise ValueError(f"Got {len(base)} base and {len(candidate)} candidate results; pass one of each per draw "
                          "of samples, in the same order.")

@@ -245,3 +245,5 @@ def test_compare_rejects_results_of_different_samples():
         shapeeval.compare([a, a], [a])
     with pytest.raises(ValueError, match="per-sample scores"):
         shapeeval.compare([{"overall": 0.5}], [a])
+    with pytest.raises(ValueError, match="level in"):
+        shapeeval.compare([a], [a], level=95)
