@@ -1,0 +1,80 @@
+"""train/nano/run_all.sh, dry-run: each profile's commands, in order, with ``python`` replaced by a recorder."""
+
+from __future__ import annotations
+
+import os
+import shutil
+import stat
+import subprocess
+from pathlib import Path
+
+import pytest
+
+REPO = Path(__file__).resolve().parents[1]
+SCRIPT = REPO / "train" / "nano" / "run_all.sh"
+
+pytestmark = pytest.mark.skipif(shutil.which("bash") is None, reason="run_all.sh needs bash")
+
+
+def dry_run(tmp_path: Path, profile: str) -> subprocess.CompletedProcess:
+    """Run a copy of the script in ``tmp_path`` (so its folders land there) with a ``python`` that logs argv."""
+    (tmp_path / "train" / "nano").mkdir(parents=True)
+    shutil.copy(SCRIPT, tmp_path / "train" / "nano" / "run_all.sh")
+    bin_dir = tmp_path / "bin"
+    bin_dir.mkdir()
+    fake = bin_dir / "python"
+    fake.write_text('#!/bin/sh\necho "$OMP_NUM_THREADS $*" >> "$CALLS"\n')
+    fake.chmod(fake.stat().st_mode | stat.S_IEXEC)
+    env = {**os.environ, "PATH": f"{bin_dir}{os.pathsep}{os.environ['PATH']}", "PROFILE": profile,
+           "CALLS": str(tmp_path / "calls.txt")}
+    return subprocess.run(["bash", str(tmp_path / "train" / "nano" / "run_all.sh")], check=False, env=env,
+                          capture_output=True, text=True, timeout=60)
+
+
+def calls(tmp_path: Path) -> list[list[str]]:
+    return [line.split() for line in (tmp_path / "calls.txt").read_text().splitlines()]
+
+
+@pytest.mark.parametrize("profile", ["full", "hour"])
+def test_every_step_names_an_existing_script_and_config(tmp_path, profile):
+    result = dry_run(tmp_path, profile)
+    assert result.returncode == 0, result.stderr
+    steps = calls(tmp_path)
+    for threads, script, *args in steps:
+        assert threads in {"1", "2"}
+        assert (REPO / script).is_file(), script
+        if "--config" in args:
+            assert (REPO / args[args.index("--config") + 1]).is_file()
+    scripts = [Path(script).name for _, script, *_ in steps]
+    order = ["make_data.py", "pretrain_vae.py", "pretrain_dit.py", "assemble_base.py", "stage1_align.py",
+             "stage2_sft.py", "evaluate.py", "results_table.py"]
+    assert [s for s in dict.fromkeys(scripts) if s in order] == order
+
+
+def test_hour_profile_budgets_and_scope(tmp_path):
+    assert dry_run(tmp_path, "hour").returncode == 0
+    steps = [" ".join(args) for args in calls(tmp_path)]
+    runs = "runs/nano-hour"
+    assert all(runs in step for step in steps if "make_data" in step or "stage" in step)
+    dit = next(step for step in steps if "pretrain_dit.py" in step)
+    assert "--steps 1800 --batch-size 64 --lr 3e-3" in dit
+    assert any("stage2_sft.py" in step and "max_steps=2000" in step for step in steps)
+    # No shipping over the built-in models, no ablation, no stage 3.
+    assert not any(name in step for step in steps for name in ("ship.py", "lastlayer", "stage3_grpo.py"))
+
+
+def test_full_profile_ships_and_runs_stage3(tmp_path):
+    assert dry_run(tmp_path, "full").returncode == 0
+    steps = [" ".join(args) for args in calls(tmp_path)]
+    assert "--steps 6000 --batch-size 256 --lr 1e-3" in next(step for step in steps if "pretrain_dit.py" in step)
+    ships = [step.split()[-1] for step in steps if "ship.py" in step]
+    assert ships == ["deepgen/assets/deepgen-nano-stage1", "deepgen/assets/deepgen-nano-sft",
+                     "deepgen/assets/deepgen-nano-rl"]
+    assert sum("stage3_grpo.py" in step for step in steps) == 3
+
+
+def test_unknown_profile_is_refused(tmp_path):
+    result = dry_run(tmp_path, "weekend")
+    assert result.returncode == 2
+    assert "PROFILE must be 'full' or 'hour', got 'weekend'" in result.stderr
+    assert not (tmp_path / "calls.txt").exists()
