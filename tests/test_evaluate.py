@@ -66,6 +66,20 @@ def test_single_object_scores_are_split_by_shape_colour_pair(tiny_pipe):
     assert mean_shape == pytest.approx(subsets["generation_single"]["shape"])
 
 
+def test_edit_scores_are_split_by_operation(tiny_pipe):
+    results = evaluate.evaluate_pipeline(tiny_pipe, per_capability=12, steps=1, size=32,
+                                         capabilities=("editing", "reasoning_editing"))
+    for capability in ("editing", "reasoning_editing"):
+        parts = {name.split("/")[1]: scores for name, scores in results["subsets"].items()
+                 if name.startswith(capability + "/")}
+        assert parts and set(parts) <= set(world.EDIT_OPERATIONS)
+        whole = results["capabilities"][capability]
+        assert sum(scores["n"] for scores in parts.values()) == whole["n"] == 12
+        for criterion in ("instruction", "preservation", "overall"):
+            mean = sum(scores[criterion] * scores["n"] for scores in parts.values()) / whole["n"]
+            assert mean == pytest.approx(whole[criterion])
+
+
 def test_cli_writes_json_record(tiny_pipe, tmp_path, monkeypatch, capsys):
     tiny_pipe.save_pretrained(tmp_path / "pipe")
     out = tmp_path / "eval" / "tiny.json"

@@ -5,7 +5,8 @@ output back with :mod:`deepgen.shapeeval`, prints the per-capability table and w
 is regenerated from its seed (``deepgen.world.dataset("eval", ...)``) and only holds (shape, colour) pairs that
 never occur in training. Besides the five capabilities, ``generation_single`` reports the single-object
 generation prompts alone (the issue's "colour and shape of single-object prompts" target), and
-``generation_single/<colour> <shape>`` the same per (shape, colour) pair, which shows where it fails. ``--split train``
+``generation_single/<colour> <shape>`` the same per (shape, colour) pair, which shows where it fails;
+``editing/<operation>`` and ``reasoning_editing/<operation>`` split the edits by operation. ``--split train``
 scores prompts of the training split instead (fresh samples of the pairs the model was trained on), which
 measures how much of the held-out gap is compositional generalisation. ``--capabilities`` restricts the samples
 to some capabilities (e.g. many generation prompts, to read single-object accuracy per pair).
@@ -61,27 +62,38 @@ def evaluate_pipeline(pipe: DeepGenPipeline, per_capability: int = 100, steps: i
 
     Returns:
         :func:`deepgen.shapeeval.evaluate_dataset`'s results plus ``subsets["generation_single"]``: the scores of
-        the single-object generation prompts alone, and ``subsets["generation_single/<colour> <shape>"]``: those
-        of each (shape, colour) pair among them.
+        the single-object generation prompts alone, ``subsets["generation_single/<colour> <shape>"]``: those
+        of each (shape, colour) pair among them, and ``subsets["<editing capability>/<operation>"]``: the edits
+        of each operation (add, background, move, recolour, remove).
     """
     samples = world.dataset(split, per_capability * len(capabilities), seed=eval_seed, capabilities=capabilities)
     images = generate(pipe, samples, size, steps, guidance_scale, batch_size, seed)
     results = shapeeval.evaluate_dataset(images, samples)
+    subsets: dict[str, dict[str, float]] = {}
     single = [(image, s) for image, s in zip(images, samples)
               if s.capability == "generation" and s.metadata["task"] == "single"]
     if single:
-        results["subsets"] = {"generation_single": _generation_scores(single)}
+        subsets["generation_single"] = _scores(single, "generation")
         pairs: dict[str, list[tuple[np.ndarray, world.Sample]]] = {}
         for image, s in single:
             group = s.metadata["groups"][0]
             pairs.setdefault(f"{group['colour']} {group['shape']}", []).append((image, s))
         for pair in sorted(pairs):
-            results["subsets"][f"generation_single/{pair}"] = _generation_scores(pairs[pair])
+            subsets[f"generation_single/{pair}"] = _scores(pairs[pair], "generation")
+    for capability in ("editing", "reasoning_editing"):
+        operations: dict[str, list[tuple[np.ndarray, world.Sample]]] = {}
+        for image, s in zip(images, samples):
+            if s.capability == capability:
+                operations.setdefault(s.metadata["operation"], []).append((image, s))
+        for operation in sorted(operations):
+            subsets[f"{capability}/{operation}"] = _scores(operations[operation], capability)
+    if subsets:
+        results["subsets"] = subsets
     return results
 
 
-def _generation_scores(rows: list[tuple[np.ndarray, world.Sample]]) -> dict[str, float]:
-    return shapeeval.evaluate_dataset([image for image, _ in rows], [s for _, s in rows])["capabilities"]["generation"]
+def _scores(rows: list[tuple[np.ndarray, world.Sample]], capability: str) -> dict[str, float]:
+    return shapeeval.evaluate_dataset([image for image, _ in rows], [s for _, s in rows])["capabilities"][capability]
 
 
 def main() -> None:
