@@ -1,7 +1,7 @@
 """Resolving a model name to a pipeline: built-in offline models, our folders, hub ids and native checkpoints.
 
 Offline, the best built-in model is used: the trained DeepGen-nano checkpoints shipped in
-``deepgen/assets/`` (RL, then SFT, then stage 1), else the random ``tiny`` preset.
+``deepgen/assets/`` (the latest stage, then SFT, then stage 1), else the random ``tiny`` preset.
 """
 
 from __future__ import annotations
@@ -14,9 +14,17 @@ import torch
 from .pipeline import DeepGenPipeline, default_dtype
 
 ASSETS = Path(__file__).resolve().parent / "assets"
-# Built-in names -> shipped folders, best first. Missing folders are simply not offered.
+
+
+def _latest_stage(*folders: Path) -> Path:
+    """The first of ``folders`` that is shipped (later stages first), else the last one."""
+    return next((folder for folder in folders if (folder / "model_index.json").is_file()), folders[-1])
+
+
+# Built-in names -> shipped folders, best first. Missing folders are simply not offered. ``deepgen-nano`` is the
+# latest shipped stage of the current chain: stage 3 (RL) when it is shipped, else stage 2 (SFT).
 BUILTIN_CHECKPOINTS = {
-    "deepgen-nano": ASSETS / "deepgen-nano-rl",
+    "deepgen-nano": _latest_stage(ASSETS / "deepgen-nano-rl", ASSETS / "deepgen-nano-sft"),
     "deepgen-nano-sft": ASSETS / "deepgen-nano-sft",
     "deepgen-nano-stage1": ASSETS / "deepgen-nano-stage1",
 }
