@@ -26,6 +26,8 @@ def _latest_stage(*folders: Path) -> Path:
 BUILTIN_CHECKPOINTS = {
     "deepgen-nano": _latest_stage(ASSETS / "deepgen-nano-rl", ASSETS / "deepgen-nano-sft"),
     "deepgen-nano-sft": ASSETS / "deepgen-nano-sft",
+    # The previous chain's stage 3 (docs/rl.md, round 7), the default until the current chain's stage 2 beat it.
+    "deepgen-nano-v2-rl": ASSETS / "deepgen-nano-v2-rl",
     "deepgen-nano-stage1": ASSETS / "deepgen-nano-stage1",
 }
 OFFICIAL_VLM = "Qwen/Qwen2.5-VL-3B-Instruct"
