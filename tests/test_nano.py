@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 import torch
 
-from deepgen import shapeeval, world
+from deepgen import builtin, shapeeval, world
 from deepgen.builtin import BUILTIN_CHECKPOINTS
 from deepgen.config import get_preset
 from deepgen.pipeline import DeepGenPipeline
@@ -64,3 +64,14 @@ def test_shipped_nano_beats_chance_on_held_out_prompts(shipped_name, shipped):
     scores = shapeeval.evaluate_dataset(images, samples)["capabilities"]["generation"]
     min_colour, min_shape = CHANCE_MARGINS[shipped_name]
     assert scores["colour"] >= min_colour and scores["shape"] >= min_shape, scores
+
+
+def test_deepgen_nano_is_the_latest_shipped_stage(tmp_path):
+    rl, sft = tmp_path / "rl", tmp_path / "sft"
+    assert builtin._latest_stage(rl, sft) == sft  # nothing shipped: the last one (reported as not shipped)
+    sft.mkdir()
+    (sft / "model_index.json").write_text("{}")
+    assert builtin._latest_stage(rl, sft) == sft
+    rl.mkdir()
+    (rl / "model_index.json").write_text("{}")
+    assert builtin._latest_stage(rl, sft) == rl
