@@ -162,9 +162,11 @@ class DeepGenPipeline(DiffusionPipeline):
         """Default output side: the authors' 512, or less for a DiT trained smaller (its ``sample_size``
         latents; DeepGen-nano: 64 px)."""
         native = self.transformer.config.sample_size * self.vae_scale_factor
-        return min(DEFAULT_SIZE, native, self._max_side())
+        return min(DEFAULT_SIZE, native, self.max_side)
 
-    def _max_side(self) -> int:
+    @property
+    def max_side(self) -> int:
+        """The largest output side in pixels (the DiT's position-embedding grid)."""
         return self.transformer.max_latent_size() * self.vae_scale_factor
 
     def check_inputs(self, prompt: PromptInput, negative_prompt: Optional[PromptInput], height: Optional[int],
@@ -186,7 +188,7 @@ class DeepGenPipeline(DiffusionPipeline):
             if not isinstance(negative_prompt, str) and len(negatives) != len(prompts):
                 raise ValueError(f"Got {len(prompts)} prompts but {len(negatives)} negative prompts; "
                                  "pass one negative prompt per prompt or a single string.")
-        multiple, max_side = 2 * self.vae_scale_factor, self._max_side()
+        multiple, max_side = 2 * self.vae_scale_factor, self.max_side
         for name, value in (("height", height), ("width", width)):
             if value is None:
                 continue
@@ -241,8 +243,8 @@ class DeepGenPipeline(DiffusionPipeline):
                 height = max(32, round(width * source_h / source_w / 32) * 32)
             else:
                 width = max(32, round(height * source_w / source_h / 32) * 32)
-            if max(height, width) > self._max_side():
-                width, height = fit_size(width, height, self._max_side())
+            if max(height, width) > self.max_side:
+                width, height = fit_size(width, height, self.max_side)
         tensors = []
         for refs in rgb:
             if len(refs) == 1:

@@ -3,7 +3,7 @@
 The real model uses Qwen2.5-VL's tokenizer from the Hub. Small models (the ``tiny`` preset, DeepGen-nano) need
 one that can be built here without a download: a byte-level BPE trained on a given corpus, with Qwen's
 pre-tokenizer, normalizer and the 14 Qwen special tokens appended after the BPE ids, wrapped in transformers'
-``Qwen2TokenizerFast`` so the rest of the code cannot tell it from the real one.
+``Qwen2Tokenizer`` so the rest of the code cannot tell it from the real one.
 """
 
 from __future__ import annotations
@@ -12,7 +12,7 @@ import json
 from typing import Iterable, Optional
 
 from tokenizers import Regex, Tokenizer, decoders, models, normalizers, pre_tokenizers, trainers
-from transformers import Qwen2TokenizerFast
+from transformers import Qwen2Tokenizer
 
 from .config import QWEN_SPECIAL_TOKENS
 
@@ -32,7 +32,7 @@ DEFAULT_CORPUS = (
 )
 
 
-def build_tokenizer(corpus: Optional[Iterable[str]] = None, vocab_size: int = 480) -> Qwen2TokenizerFast:
+def build_tokenizer(corpus: Optional[Iterable[str]] = None, vocab_size: int = 480) -> Qwen2Tokenizer:
     """Train a deterministic byte-level BPE with ``vocab_size`` ids on ``corpus`` and add Qwen's specials.
 
     Special tokens get ids ``vocab_size .. vocab_size + 13`` in Qwen's order, so ``<|image_pad|>`` is
@@ -60,9 +60,9 @@ def build_tokenizer(corpus: Optional[Iterable[str]] = None, vocab_size: int = 48
                   for m in json.loads(bpe.to_str())["model"]["merges"]]
         bpe.model = models.BPE(vocab=vocab, merges=merges)
     bpe.add_special_tokens(list(QWEN_SPECIAL_TOKENS))
-    tokenizer = Qwen2TokenizerFast(tokenizer_object=bpe, errors="replace", add_prefix_space=False,
+    tokenizer = Qwen2Tokenizer(tokenizer_object=bpe, errors="replace", add_prefix_space=False,
                                    unk_token=None, bos_token=None, eos_token="<|im_end|>",
                                    pad_token="<|endoftext|>", clean_up_tokenization_spaces=False)
-    tokenizer.add_special_tokens({"additional_special_tokens": list(QWEN_SPECIAL_TOKENS[1:])},
-                                 replace_additional_special_tokens=False)
+    tokenizer.add_special_tokens({"extra_special_tokens": list(QWEN_SPECIAL_TOKENS[1:])},
+                                 replace_extra_special_tokens=False)
     return tokenizer

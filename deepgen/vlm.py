@@ -14,6 +14,7 @@ import torch
 from transformers import PreTrainedTokenizerBase, Qwen2_5_VLForConditionalGeneration
 
 from .image_processing import vit_patches
+from .qwen_adapter import image_features, mrope_position_ids
 
 logger = logging.getLogger(__name__)
 
@@ -112,7 +113,7 @@ def vlm_hidden_states(
     """Run the language model once over [prompt rows + think tokens] and return all hidden states.
 
     Steps (FIXTURE.md §4.3-4.6): append Q placeholder ids (0) with mask 1 for the think tokens; M-RoPE position
-    ids from Qwen2.5-VL's ``get_rope_index``; embed (LoRA-adapted ``embed_tokens``), scatter the ViT outputs into
+    ids through :mod:`deepgen.qwen_adapter`; embed (LoRA-adapted ``embed_tokens``), scatter the ViT outputs into
     the ``<|image_pad|>`` slots, replace the placeholders by ``think_tokens``; call the language model with
     ``inputs_embeds`` (no lm_head).
 
@@ -128,13 +129,12 @@ def vlm_hidden_states(
     query_ids = torch.zeros(rows, num_queries, dtype=input_ids.dtype, device=input_ids.device)
     extended_ids = torch.cat([input_ids, query_ids], dim=1)  # (R, T)
     extended_mask = torch.cat([attention_mask, torch.ones_like(query_ids)], dim=1)
-    position_ids, _ = vlm.model.get_rope_index(extended_ids, inputs.image_grid_thw, None, None, extended_mask)
+    position_ids = mrope_position_ids(vlm.model, extended_ids, extended_mask, inputs.image_grid_thw)
 
     embeds = vlm.get_input_embeddings()(input_ids)  # (R, L, H)
     image_slots = input_ids == vlm.config.image_token_id
     if inputs.pixel_values is not None:
-        visual = vlm.model.visual
-        image_embeds = visual(inputs.pixel_values.to(visual.dtype), grid_thw=inputs.image_grid_thw)  # (N, H)
+        image_embeds = image_features(vlm.model, inputs.pixel_values, inputs.image_grid_thw)  # (N, H)
         if image_embeds.shape[0] != int(image_slots.sum()):
             raise ValueError(
                 f"{int(image_slots.sum())} <|image_pad|> tokens in the prompts but {image_embeds.shape[0]} image "

@@ -24,6 +24,7 @@ from safetensors.torch import load_file
 from deepgen import DeepGenPipeline, load_image
 from deepgen.image_processing import vit_patches
 from deepgen.lora import has_lora
+from deepgen.qwen_adapter import image_features
 from deepgen.vlm import vlm_hidden_states
 
 ATOL, RTOL = 1e-4, 1e-4
@@ -237,7 +238,7 @@ def test_edit_source_preprocessing(runner, case):
         assert_close(patches, ref["vit_pixel_patches"], "vit_pixel_patches")
         assert_equal(grid, ref["vit_grid_thw"], "vit_grid_thw")
         with torch.no_grad():
-            embeds = pipe.vlm.model.visual(patches, grid_thw=grid)
+            embeds = image_features(pipe.vlm.model, patches, grid)
         assert_close(embeds, ref["vit_image_embeds"], "vit_image_embeds")
     latents = pipe.encode_images([source], torch.Generator().manual_seed(CASES[case].vae_sample_seed))
     assert_close(latents, ref["src_cond_latents"], "src_cond_latents")

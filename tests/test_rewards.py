@@ -119,11 +119,11 @@ def test_vlm_judge_without_a_score(judge_server):
 
 def test_clip_reward_on_a_tiny_random_clip(tmp_path):
     from transformers import (CLIPConfig, CLIPImageProcessor, CLIPModel, CLIPProcessor, CLIPTokenizer)
-    from transformers.models.clip.tokenization_clip import bytes_to_unicode
+    from tokenizers.pre_tokenizers import ByteLevel
 
     from deepgen.training.rewards import CLIPReward
 
-    chars = list(bytes_to_unicode().values())
+    chars = sorted(ByteLevel.alphabet())
     vocab = {tok: i for i, tok in enumerate(chars + [c + "</w>" for c in chars] + ["<|startoftext|>",
                                                                                    "<|endoftext|>"])}
     (tmp_path / "vocab.json").write_text(json.dumps(vocab))

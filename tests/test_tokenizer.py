@@ -89,7 +89,7 @@ def test_too_small_vocab_raises():
 def test_save_and_reload(tokenizer, tmp_path):
     tokenizer.save_pretrained(tmp_path)
     loaded = AutoTokenizer.from_pretrained(tmp_path)
-    assert type(loaded).__name__ == "Qwen2TokenizerFast"
+    assert type(loaded).__name__ == "Qwen2Tokenizer" and loaded.is_fast
     for text in TEXTS + [template_prompt("x", [2])]:
         assert loaded(text)["input_ids"] == tokenizer(text)["input_ids"]
     assert loaded.pad_token_id == tokenizer.pad_token_id

@@ -71,11 +71,15 @@ class CLIPReward:
         _check_batch(images, prompts, metadata)
         inputs = self.processor(text=list(prompts), images=list(images), return_tensors="pt", padding=True,
                                 truncation=True).to(self.device)
-        image_emb = torch.nn.functional.normalize(self.model.get_image_features(pixel_values=inputs["pixel_values"]),
-                                                  dim=-1)
-        text_emb = torch.nn.functional.normalize(
-            self.model.get_text_features(input_ids=inputs["input_ids"], attention_mask=inputs["attention_mask"]), dim=-1)
+        image_emb = _projected(self.model.get_image_features(pixel_values=inputs["pixel_values"]))
+        text_emb = _projected(self.model.get_text_features(input_ids=inputs["input_ids"],
+                                                           attention_mask=inputs["attention_mask"]))
         return (self.scale * (image_emb * text_emb).sum(-1)).float().cpu()
+
+
+def _projected(features) -> torch.Tensor:
+    """Unit-norm CLIP embeddings; transformers 5 returns them as ``pooler_output`` of an output object."""
+    return torch.nn.functional.normalize(getattr(features, "pooler_output", features), dim=-1)
 
 
 def edit_similarity(expected: str, found: str) -> float:
