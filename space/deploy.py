@@ -7,7 +7,7 @@ The bundle is ``app.py``, the ``deepgen/`` package, ``contestants.yaml``, the ex
 ``README.md`` (the Space card) and ``requirements.txt``. ``--dry-run`` only builds the folder (and prints where);
 otherwise it creates the Space repo (``sdk: gradio``), sets its variables and secrets, and uploads the folder.
 A ``--secret KEY`` without a value takes it from the environment variable of that name, so tokens stay out of
-shell history. Authentication is huggingface_hub's own (``huggingface-cli login`` or ``HF_TOKEN``).
+shell history. Authentication is huggingface_hub's own (``hf auth login`` or ``HF_TOKEN``).
 """
 
 from __future__ import annotations
@@ -23,6 +23,7 @@ from typing import Any, Optional, Sequence
 
 import yaml
 
+
 REPO_ROOT = Path(__file__).resolve().parents[1]
 SPACE_DIR = REPO_ROOT / "space"
 # bundle path <- repository path
@@ -35,20 +36,26 @@ BUNDLE_FILES = {
 BUNDLE_DIRS = {"deepgen": "deepgen", "assets/examples": "assets/examples"}
 IGNORE = shutil.ignore_patterns("__pycache__", "*.pyc", "*.pyo", ".DS_Store", "*.egg-info")
 MARKER = ".deepgen-space-bundle"  # lets --out be rebuilt without deleting a folder we did not make
-# torch releases ZeroGPU runs (see the ZeroGPU documentation); the card's requirements must pin one of them.
-ZEROGPU_TORCH_VERSIONS = ("2.1.0", "2.2.0", "2.4.0", "2.5.1", "2.6.0", "2.7.1", "2.8.0")
+# What ZeroGPU runs, from the Hub's ZeroGPU documentation (docs/hub/spaces-zerogpu.md, "Supported Versions", as read
+# on 2026-12-01): the card's requirements must pin one of these torch releases and its python_version be one of these.
+ZEROGPU_TORCH_VERSIONS = ("2.8.0", "2.9.1", "2.10.0", "2.11.0")
+ZEROGPU_PYTHON_VERSIONS = ("3.10.13", "3.12.12")
 CARD_KEYS = ("sdk", "sdk_version", "app_file", "python_version", "short_description", "models", "license")
 REPO_ID = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]*/[A-Za-z0-9][A-Za-z0-9._-]*$")
 ENV_NAME = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*$")
 
 
 def read_card(path: Path) -> dict:
-    """The YAML front matter of a Space card (between the leading ``---`` lines)."""
+    """The metadata (YAML front matter) of a Space card, read by huggingface_hub's card API."""
+    from huggingface_hub import SpaceCard
+
     text = path.read_text(encoding="utf-8")
-    match = re.match(r"^---\n(.*?)\n---\n", text, flags=re.S)
-    if not match:
+    if not text.startswith("---"):
         raise ValueError(f"{path} must start with YAML front matter between '---' lines.")
-    return yaml.safe_load(match.group(1)) or {}
+    try:
+        return SpaceCard(text).data.to_dict()
+    except (ValueError, yaml.YAMLError) as error:
+        raise ValueError(f"{path}: the front matter is not valid YAML: {error}") from error
 
 
 def check_card(meta: dict) -> None:
@@ -59,6 +66,9 @@ def check_card(meta: dict) -> None:
         raise ValueError("The Space card must say sdk: gradio and app_file: app.py.")
     if len(str(meta["short_description"])) > 60:
         raise ValueError("short_description must be at most 60 characters (a Hub limit).")
+    if str(meta["python_version"]) not in ZEROGPU_PYTHON_VERSIONS:
+        raise ValueError(f"python_version {meta['python_version']!r} is not one ZeroGPU runs; use one of "
+                         f"{ZEROGPU_PYTHON_VERSIONS}.")
 
 
 def torch_pin(requirements: Path) -> str:

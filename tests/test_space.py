@@ -4,7 +4,9 @@ Space needs, its app builds from the bundle alone, and publishing makes the expe
 from __future__ import annotations
 
 import importlib.util
+import json
 import os
+import re
 import subprocess
 import sys
 from pathlib import Path
@@ -57,6 +59,49 @@ def test_requirements_pin_a_zerogpu_torch(bundle):
     assert deploy.torch_pin(bundle / "requirements.txt") in deploy.ZEROGPU_TORCH_VERSIONS
     text = (bundle / "requirements.txt").read_text()
     assert "diffusers==" in text and "transformers==" in text and "spaces" in text
+
+
+@pytest.mark.parametrize("version, message", [("3.11.9", "not one ZeroGPU runs"), ("", "missing")])
+def test_cards_for_a_python_zerogpu_does_not_run_are_refused(tmp_path, version, message):
+    card = (REPO / "space" / "README.md").read_text()
+    card = re.sub(r'python_version: .*', f'python_version: "{version}"', card)
+    (tmp_path / "README.md").write_text(card)
+    with pytest.raises(ValueError, match=message):
+        deploy.check_card(deploy.read_card(tmp_path / "README.md"))
+
+
+def test_a_card_without_valid_front_matter_is_refused(tmp_path):
+    (tmp_path / "README.md").write_text("---\nsdk: [gradio\n---\n# x\n")
+    with pytest.raises(ValueError, match="not valid YAML"):
+        deploy.read_card(tmp_path / "README.md")
+
+
+# Wheel tags of the Linux x86_64 machines ZeroGPU runs on (manylinux 2.17 to 2.39 covers torch's CUDA wheels).
+LINUX_TAGS = [f"manylinux_2_{minor}_x86_64" for minor in range(17, 40)] + ["manylinux2014_x86_64", "any"]
+OFFLINE_SIGNS = ("NewConnectionError", "Temporary failure in name resolution", "Network is unreachable",
+                 "Could not fetch URL")
+
+
+@pytest.mark.slow
+def test_space_requirements_resolve_on_the_zerogpu_python(bundle, tmp_path):
+    """pip resolves the bundle's requirements for the card's Python on Linux, with the pinned ZeroGPU torch."""
+    python = deploy.read_card(bundle / "README.md")["python_version"]
+    report = tmp_path / "report.json"
+    command = [sys.executable, "-m", "pip", "install", "--dry-run", "--ignore-installed", "--quiet",
+               "--python-version", ".".join(python.split(".")[:2]), "--implementation", "cp",
+               "--only-binary=:all:", "--target", str(tmp_path / "target"), "--report", str(report),
+               "-r", str(bundle / "requirements.txt")]
+    for tag in LINUX_TAGS:
+        command += ["--platform", tag]
+    result = subprocess.run(command, capture_output=True, text=True, timeout=900)
+    if result.returncode != 0 and any(sign in result.stderr for sign in OFFLINE_SIGNS):
+        pytest.skip("the package index is unreachable from here")
+    assert result.returncode == 0, result.stderr[-3000:]
+    resolved = {item["metadata"]["name"].lower(): item["metadata"]["version"]
+                for item in json.loads(report.read_text())["install"]}
+    assert resolved["torch"] == deploy.torch_pin(bundle / "requirements.txt")
+    for pin in re.findall(r"^([A-Za-z0-9_.-]+)==([0-9.]+)", (bundle / "requirements.txt").read_text(), flags=re.M):
+        assert resolved[pin[0].lower()] == pin[1], pin
 
 
 def test_the_bundled_app_builds_from_the_bundle_alone(bundle, tmp_path):
