@@ -198,7 +198,7 @@ def test_bad_record_stops_before_any_image_with_file_and_line(model, tmp_path):
     ('{"a": {"id": "missing.jpg", "prompt": "p"}}', "source image .* not found; paths are relative to"),
     ('{"a": {"id": "x.jpg"}}', "'prompt' must be a non-empty string"),
     ('{"../a": {"id": "x.jpg", "prompt": "p"}}', "cannot be used as a file or folder name"),
-    ('{"a": {"id": "x.jpg", "prompt": "p"},\n "a": {"id": "x.jpg", "prompt": "q"}', "closing"),
+    ('{"a": {"id": "x.jpg", "prompt": "p"},\n "b": {"id": "x.jpg", "prompt": "q"}', "closing"),
 ])
 def test_bad_imgedit_records(model, tmp_path, content, message):
     Image.new("RGB", (8, 8)).save(tmp_path / "x.jpg")

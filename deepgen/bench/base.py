@@ -158,9 +158,11 @@ def json_entries(path: Path) -> Iterator[tuple[Any, Any, int]]:
             yield key, value, line
             index += 1
             pos = _skip_space(text, pos)
-            if text[pos:pos + 1] == ",":
+            if pos >= len(text):
+                break
+            if text[pos] == ",":
                 pos = _skip_space(text, pos + 1)
-            elif text[pos:pos + 1] != closing:
+            elif text[pos] != closing:
                 raise RecordError(f"{path}:{line_of(text, pos)}", f"expected ',' or '{closing}'")
     except json.JSONDecodeError as error:
         raise RecordError(f"{path}:{error.lineno}", f"invalid JSON ({error.msg}); the file cannot be read past it, "
