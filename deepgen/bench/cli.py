@@ -74,6 +74,7 @@ def run(args: argparse.Namespace, state: Optional[object] = None) -> int:
     """Run ``args`` (from :func:`add_parser`); returns the exit code."""
     import torch
     from accelerate import PartialState
+    from accelerate.utils import parse_flag_from_env
 
     from .models import load_bench_model
 
@@ -82,7 +83,8 @@ def run(args: argparse.Namespace, state: Optional[object] = None) -> int:
         print(f"error: {benchmark.title} needs --data (see docs/benchmarks.md)", file=sys.stderr)
         return 2
     data = Path(args.data) if args.data is not None else Path("eval")
-    state = state or PartialState()
+    # CPU-only processes (or `accelerate launch --cpu`) join as MULTI_CPU over gloo; GPUs use accelerate's default.
+    state = state or PartialState(cpu=parse_flag_from_env("ACCELERATE_USE_CPU") or not torch.cuda.is_available())
     try:
         device = torch.device(args.device) if args.device else state.device
         model = load_bench_model(args.model, args.contestant, args.contestants, device, args.vlm, args.dit)
