@@ -132,7 +132,11 @@ def _check_resume(previous: Optional[dict], benchmark: str, model: dict, setting
              "model": {k: previous.get("model", {}).get(k) for k in ("id", "source", "revision")},
              "settings": previous.get("settings")}
     if wanted != found:
-        differences = [f"{key}: {found[key]} there, {wanted[key]} now" for key in wanted if wanted[key] != found[key]]
+        flat = lambda record: {f"{group}.{k}" if isinstance(v, dict) else group: value  # noqa: E731
+                               for group, v in record.items()
+                               for k, value in (v.items() if isinstance(v, dict) else [(None, v)])}
+        there, now = flat(found), flat(wanted)
+        differences = [f"{key} {there.get(key)!r} there, {now[key]!r} now" for key in now if now[key] != there.get(key)]
         raise ValueError(f"{out} holds a run with other settings ({'; '.join(differences)}). Resume with the same "
                          "model and settings, or pass a new --out.")
 
