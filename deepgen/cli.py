@@ -1,4 +1,5 @@
-"""Command line: ``python -m deepgen generate --prompt "..." [--image in.png] --out out.png``."""
+"""Command line: ``python -m deepgen generate --prompt "..." [--image in.png] --out out.png`` and
+``python -m deepgen bench <benchmark> --data PATH --out DIR`` (see :mod:`deepgen.bench`)."""
 
 from __future__ import annotations
 
@@ -15,6 +16,8 @@ from PIL import Image
 from PIL.PngImagePlugin import PngInfo
 
 from . import __name__ as package_name
+from .bench.cli import add_parser as add_bench_parser
+from .bench.cli import run as run_bench
 from .builtin import OFFICIAL_DIT, OFFICIAL_VLM, default_model_name, load_pipeline
 from .image_processing import load_image
 
@@ -60,6 +63,7 @@ def build_parser() -> argparse.ArgumentParser:
                           "edits follow the source)")
     gen.add_argument("--device", default=None, help="cuda or cpu (default: cuda when available)")
     gen.add_argument("--out", type=Path, required=True, help="output .png path")
+    add_bench_parser(sub)
     return parser
 
 
@@ -97,6 +101,8 @@ def generate(args: argparse.Namespace) -> dict:
 
 def main(argv: Optional[Sequence[str]] = None) -> int:
     args = build_parser().parse_args(argv)
+    if args.command == "bench":
+        return run_bench(args)
     try:
         settings = generate(args)
     except ValueError as error:

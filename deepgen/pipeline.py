@@ -277,11 +277,12 @@ class DeepGenPipeline(DiffusionPipeline):
         return self.model.encode_condition(inputs.to(self._execution_device))
 
     @torch.no_grad()
-    def encode_images(self, images: list[torch.Tensor], generator: Optional[torch.Generator] = None) -> torch.Tensor:
+    def encode_images(self, images: list[torch.Tensor],
+                      generator: Optional[Union[torch.Generator, list[torch.Generator]]] = None) -> torch.Tensor:
         """VAE-encode (B, 3, H, W) images in [-1, 1] to scaled latents (B, 16, H/8, W/8).
 
         Like the authors, we take a *sample* of the posterior (mean + std * eps), drawn from ``generator``, then
-        apply the SD3 shift and scale.
+        apply the SD3 shift and scale. A list of generators draws each image's sample from its own one.
         """
         pixels = torch.stack(images).to(self._execution_device, self.vae.dtype)
         posterior = self.vae.encode(pixels).latent_dist
@@ -348,7 +349,8 @@ class DeepGenPipeline(DiffusionPipeline):
                 ``v = v_u + s (v_c - v_u)`` (default 4.0; 1.0 skips the unconditional DiT pass).
             num_images_per_prompt: images per prompt.
             generator: draws the initial noise (and, unless ``image_generator`` is given, the VAE posterior sample
-                of the references). latents: initial noise (B, 16, H/8, W/8) instead of drawing it.
+                of the references). A list holds one generator per image; each prompt's references are then
+                sampled with the generator of its first image. latents: initial noise (B, 16, H/8, W/8) instead of drawing it.
             image_latents: the references' scaled VAE latents, one (B, 16, h, w) tensor per reference, instead of
                 encoding ``image`` (the VLM still sees ``image``).
             image_generator: draws the VAE posterior sample of the references.
@@ -439,8 +441,10 @@ class DeepGenPipeline(DiffusionPipeline):
                 raise ValueError(f"Got {len(image_latents)} image latents for {num_refs} reference images.")
             encoded = [lat.to(self._execution_device) for lat in image_latents]
         else:
+            # With one generator per image, each prompt's posterior sample comes from its first image's generator,
+            # so an edit's output does not depend on which other prompts share the batch.
             sampler = image_generator if image_generator is not None else \
-                (generator[0] if isinstance(generator, list) else generator)
+                (generator[::num_images_per_prompt] if isinstance(generator, list) else generator)
             encoded = [self.encode_images([refs[k] for refs in references], sampler) for k in range(num_refs)]
         refs = [lat.repeat_interleave(num_images_per_prompt, dim=0) if lat.shape[0] * num_images_per_prompt == total
                 else lat for lat in encoded]
