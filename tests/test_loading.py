@@ -38,7 +38,7 @@ def _tiny(seed: int) -> DeepGenPipeline:
 def _randomize_heads(pipe: DeepGenPipeline, seed: int) -> None:
     generator = torch.Generator().manual_seed(seed)
     with torch.no_grad():
-        for head in (pipe.connector.projector_2, pipe.connector.projector_3):
+        for head in (pipe.scb.projector_2, pipe.scb.projector_3):
             head.weight.copy_(torch.randn(head.weight.shape, generator=generator) * 0.1)
 
 
@@ -83,7 +83,7 @@ def legacy_vlm_key(key: str) -> str:
 
 def native_state(pipe: DeepGenPipeline, legacy: bool = False) -> dict[str, torch.Tensor]:
     """The authors' flat state dict layout, from a pipeline whose VLM carries a LoRA."""
-    state = {k: v.clone() for k, v in pipe.connector.state_dict().items()}
+    state = {k: v.clone() for k, v in pipe.scb.state_dict().items()}
     state.update({f"transformer.{k}": v.clone() for k, v in pipe.transformer.state_dict().items()})
     for key, value in pipe.vlm.state_dict().items():
         if is_lora_key(key):
@@ -183,7 +183,7 @@ def test_read_state_dict_bad_files(tmp_path):
 
 def test_native_checkpoint_loads(native):
     pipe = load_native(native, native.state)
-    for name in ("connector", "transformer"):
+    for name in ("scb", "transformer"):
         ours, theirs = getattr(pipe, name).state_dict(), getattr(native.source, name).state_dict()
         assert ours.keys() == theirs.keys()
         assert all(torch.equal(ours[k], theirs[k]) for k in theirs), f"{name} weights differ from the checkpoint"
@@ -295,9 +295,9 @@ def _write_release_folder(pipe: DeepGenPipeline, folder: Path, extra: dict | Non
                           drop: str | None = None) -> None:
     """Our folder, with ``connector/`` rewritten as the release might store it (unknown prefix, foreign config)."""
     pipe.save_pretrained(folder)
-    shutil.rmtree(folder / "connector")
+    shutil.rmtree(folder / "scb")
     (folder / "connector").mkdir()
-    state = {f"bridge.{k}": v.contiguous() for k, v in pipe.connector.state_dict().items() if k != drop}
+    state = {f"bridge.{k}": v.contiguous() for k, v in pipe.scb.state_dict().items() if k != drop}
     state.update(extra or {})
     save_file(state, folder / "connector" / "model.safetensors")
     (folder / "connector" / "config.json").write_text(json.dumps({"_class_name": "DeepGenConnector"}))
@@ -307,7 +307,7 @@ def test_release_folder_loads(tmp_path):
     pipe = _release_compatible_pipe()
     _write_release_folder(pipe, tmp_path / "release")
     loaded = DeepGenPipeline.from_pretrained(tmp_path / "release")
-    assert loaded.connector.config.connector_config["num_attention_heads"] == 32
+    assert loaded.scb.config.connector_config["num_attention_heads"] == 32
     assert_same_conditions(loaded, pipe, exact=True)
 
 
@@ -327,7 +327,7 @@ def test_fixture_as_release_folder_with_connector_overrides(golden, tmp_path):
     pipe = _golden_pipe(golden)
     _write_release_folder(pipe, tmp_path / "release")
     default = DeepGenPipeline.from_pretrained(tmp_path / "release")
-    assert default.connector.config.connector_config["num_attention_heads"] == 32
+    assert default.scb.config.connector_config["num_attention_heads"] == 32
     assert not torch.allclose(_golden_pooled(default), _golden_pooled(pipe))
     loaded = DeepGenPipeline.from_pretrained(tmp_path / "release", num_attention_heads=2)
     assert torch.equal(_golden_pooled(loaded), _golden_pooled(pipe))

@@ -41,7 +41,7 @@ def conditioned_pipe() -> DeepGenPipeline:
     pipe = DeepGenPipeline.from_config("tiny", seed=0)
     generator = torch.Generator().manual_seed(0)
     with torch.no_grad():
-        for head in (pipe.connector.projector_2, pipe.connector.projector_3):
+        for head in (pipe.scb.projector_2, pipe.scb.projector_3):
             head.weight.copy_(torch.randn(head.weight.shape, generator=generator) * 0.1)
     pipe.set_progress_bar_config(disable=True)
     return pipe
@@ -336,7 +336,7 @@ def test_from_config_save_load_round_trip(tmp_path: Path):
     pipe.save_pretrained(tmp_path / "tiny")
     loaded = DeepGenPipeline.from_pretrained(tmp_path / "tiny")
     loaded.set_progress_bar_config(disable=True)
-    for name in ("vlm", "connector", "transformer", "vae"):
+    for name in ("vlm", "scb", "transformer", "vae"):
         ours, theirs = getattr(loaded, name).state_dict(), getattr(pipe, name).state_dict()
         assert ours.keys() == theirs.keys(), name
         assert all(torch.equal(ours[k], theirs[k]) for k in ours), name
