@@ -210,6 +210,12 @@ def test_single_edit_size_is_the_authors_resize_image(tiny_pipe, source, expecte
     assert tuple(references[0][0].shape) == (3, expected[1], expected[0])  # the output takes the reference's size
 
 
+def test_single_edit_with_one_side_given_keeps_the_aspect_ratio(tiny_pipe):
+    references, height, width = tiny_pipe.prepare_images(picture(96, 64), 1, None, 192)
+    assert (width, height) == (192, 128) and tuple(references[0][0].shape) == (3, 128, 192)
+    assert tiny_pipe.prepare_images(picture(96, 64), 1, 64, None)[1:] == (64, 96)
+
+
 def test_edit_output_takes_the_resized_reference_size(tiny_pipe):
     kwargs = {"num_inference_steps": 1, "generator": torch.Generator().manual_seed(0)}
     assert tiny_pipe("widen", image=picture(500, 375), **kwargs).images[0].size == (512, 384)
