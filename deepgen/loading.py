@@ -2,9 +2,10 @@
 
 Three layouts (ARCHITECTURE.md, "Released checkpoints"):
 
-* **native** (``deepgenteam/DeepGen-1.0``, ``model.pt``): a flat state dict of ``meta_queries``,
-  ``projector_{1,2,3}.*``, ``connector.layers.*``, ``transformer.*`` and optional VLM LoRA ``lmm.*lora*``,
-  loaded on top of the base Qwen2.5-VL and UniPic2 DiT folders;
+* **native** (``model.pt`` at the root of ``deepgenteam/DeepGen-1.0-Pretrain``, ``deepgenteam/DeepGen-1.0-SFT`` and
+  ``deepgenteam/DeepGen-1.0``, the RL model): a flat state dict of ``meta_queries``, ``projector_{1,2,3}.*``,
+  ``connector.layers.*``, ``transformer.*`` and optional VLM LoRA ``lmm.*lora*`` (the RL model has none: the
+  authors' RL trainer does not save the VLM), loaded on top of the base Qwen2.5-VL and UniPic2 DiT folders;
 * **diffusers release** (``deepgenteam/DeepGen-1.0-diffusers``): ``connector/`` (think tokens + SCB),
   ``transformer/``, ``vae/``, ``scheduler/``, ``tokenizer/``, ``prompt_template.json`` and, since its second upload,
   ``vlm/`` (the VLM with its LoRA merged); without ``vlm/`` the base Qwen2.5-VL-3B-Instruct is used, with a warning;
