@@ -11,6 +11,7 @@ from typing import Optional, Union
 
 import torch
 
+from .loading import OFFICIAL_DIT, OFFICIAL_VLM
 from .pipeline import DeepGenPipeline, default_dtype
 
 ASSETS = Path(__file__).resolve().parent / "assets"
@@ -30,8 +31,6 @@ BUILTIN_CHECKPOINTS = {
     "deepgen-nano-v2-rl": ASSETS / "deepgen-nano-v2-rl",
     "deepgen-nano-stage1": ASSETS / "deepgen-nano-stage1",
 }
-OFFICIAL_VLM = "Qwen/Qwen2.5-VL-3B-Instruct"
-OFFICIAL_DIT = "Skywork/UniPic2-SD3.5M-Kontext-2B"
 RANDOM_PRESETS = ("tiny",)
 
 

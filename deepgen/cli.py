@@ -52,7 +52,10 @@ def build_parser() -> argparse.ArgumentParser:
     gen.add_argument("--image", action="append", type=Path, help="reference image to edit (repeat for several)")
     gen.add_argument("--negative-prompt", default="")
     gen.add_argument("--model", default=None,
-                     help=f"built-in name, folder, hub id or native checkpoint (default: {default_model_name()})")
+                     help="built-in name, pipeline folder, hub id of a diffusers-format release "
+                          "(deepgenteam/DeepGen-1.0-diffusers), or a native checkpoint file: model.pt from "
+                          "deepgenteam/DeepGen-1.0 (RL), deepgenteam/DeepGen-1.0-SFT or deepgenteam/DeepGen-1.0-Pretrain "
+                          f"(default: {default_model_name()})")
     gen.add_argument("--vlm", default=OFFICIAL_VLM, help="base VLM for a native checkpoint")
     gen.add_argument("--dit", default=OFFICIAL_DIT, help="base DiT/VAE/scheduler for a native checkpoint")
     gen.add_argument("--steps", type=int, default=50)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 import warnings
 from pathlib import Path
 from typing import Union
@@ -79,10 +80,26 @@ def fit_size(width: int, height: int, max_side: int, multiple: int = 32) -> tupl
     return new_w, new_h
 
 
+def reference_size(width: int, height: int, image_size: int, unit: int = 32) -> tuple[int, int]:
+    """The size the authors give a reference image (``resize_image`` in their
+    ``qwen2_5_vl_sd3_hf_dynamic_fusion.py``). Returns (width, height).
+
+    If the long side is at least ``image_size`` it becomes ``image_size`` and the other side is scaled and rounded
+    *up* to a multiple of ``unit``; if both sides are smaller, nothing is scaled and both are rounded up. The float
+    expression is theirs, so that sides landing on a multiple round as in their code.
+    """
+    if width >= height and width >= image_size:
+        return image_size, math.ceil(height * (image_size / width) / unit) * unit
+    if height >= width and height >= image_size:
+        return math.ceil(width * (image_size / height) / unit) * unit, image_size
+    return math.ceil(width / unit) * unit, math.ceil(height / unit) * unit
+
+
 def pil_to_tensor(image: Image.Image, size: tuple[int, int] | None = None) -> torch.Tensor:
-    """RGB PIL image -> (3, H, W) float32 in [-1, 1], resized to ``size`` = (width, height) with bicubic."""
+    """RGB PIL image -> (3, H, W) float32 in [-1, 1], resized to ``size`` = (width, height) with bicubic
+    (PIL's default filter for RGB ``resize``, which the authors' ``resize_image`` uses)."""
     if size is not None and image.size != tuple(size):
-        image = image.resize(size, Image.BICUBIC)
+        image = image.resize(size, Image.Resampling.BICUBIC)
     array = np.asarray(image, dtype=np.float32) / 255.0
     return torch.from_numpy(array).permute(2, 0, 1) * 2.0 - 1.0
 

@@ -2,13 +2,19 @@
 
 Three layouts (ARCHITECTURE.md, "Released checkpoints"):
 
-* **native** (``deepgenteam/DeepGen-1.0``, ``model.pt``): a flat state dict of ``meta_queries``,
-  ``projector_{1,2,3}.*``, ``connector.layers.*``, ``transformer.*`` and optional VLM LoRA ``lmm.*lora*``,
-  loaded on top of the base Qwen2.5-VL and UniPic2 DiT folders;
-* **diffusers release** (``deepgenteam/DeepGen-1.0-diffusers``): ``vlm/`` (LoRA merged), ``connector/``,
-  ``transformer/``, ``vae/``, ``scheduler/``, ``tokenizer/``;
-* **ours**: the same folders written by :meth:`DeepGenPipeline.save_pretrained`, plus LoRA adapters kept
-  separate in ``vlm_lora/`` and ``transformer_lora/``.
+* **native** (``model.pt`` at the root of ``deepgenteam/DeepGen-1.0-Pretrain``, ``deepgenteam/DeepGen-1.0-SFT`` and
+  ``deepgenteam/DeepGen-1.0``, the RL model): a flat state dict of ``meta_queries``, ``projector_{1,2,3}.*``,
+  ``connector.layers.*``, ``transformer.*`` and optional VLM LoRA ``lmm.*lora*`` (the RL model has none: the
+  authors' RL trainer does not save the VLM), loaded on top of the base Qwen2.5-VL and UniPic2 DiT folders;
+* **diffusers release** (``deepgenteam/DeepGen-1.0-diffusers``): ``connector/`` (think tokens + SCB),
+  ``transformer/``, ``vae/``, ``scheduler/``, ``tokenizer/``, ``prompt_template.json`` and, since its second upload,
+  ``vlm/`` (the VLM with its LoRA merged); without ``vlm/`` the base Qwen2.5-VL-3B-Instruct is used, with a warning;
+* **ours**: the same folders written by :meth:`DeepGenPipeline.save_pretrained` (the SCB in ``scb/``; folders
+  saved before the rename have ``connector/``), plus LoRA adapters kept separate in ``vlm_lora/`` and
+  ``transformer_lora/``.
+
+The loaders return the components and their :class:`WeightsProvenance`; the pipeline builds itself from them
+(this module never imports the pipeline).
 
 Every checkpoint tensor is consumed or reported: a key that fits nowhere raises a ``ValueError`` naming it.
 """
@@ -23,7 +29,7 @@ import shutil
 import tempfile
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Optional, Union
+from typing import Any, Optional, Union
 
 import torch
 from diffusers import AutoencoderKL, FlowMatchEulerDiscreteScheduler
@@ -32,11 +38,9 @@ from transformers import AutoTokenizer, Qwen2_5_VLForConditionalGeneration
 
 from .config import LoraSettings, get_preset, reference_scb_layers
 from .kontext import KontextSD3Transformer2DModel
-from .lora import add_lora, has_lora, is_merged, load_lora, save_lora
+from .lora import add_lora, has_lora, is_merged, load_lora, lora_layers, save_lora
 from .scb import StackedChannelBridge
-
-if TYPE_CHECKING:
-    from .pipeline import DeepGenPipeline
+from .vlm import check_prompt_template
 
 logger = logging.getLogger(__name__)
 
@@ -242,11 +246,53 @@ def attach_vlm_lora(vlm: torch.nn.Module, lora_state: dict[str, torch.Tensor], a
                 allow_missing=False)
 
 
+# --- what was loaded -----------------------------------------------------------------------------------------
+
+OFFICIAL_VLM = "Qwen/Qwen2.5-VL-3B-Instruct"
+OFFICIAL_DIT = "Skywork/UniPic2-SD3.5M-Kontext-2B"
+VLM_RELEASE_MERGED = "release VLM, LoRA merged"
+VLM_BASE = "base Qwen2.5-VL-3B-Instruct"
+COMPONENT_NAMES = ("vlm", "tokenizer", "scb", "transformer", "vae", "scheduler")
+# The SCB's folder: ``scb/`` as we save it now; ``connector/`` in the diffusers release and in our folders saved
+# before the component was named after the paper.
+SCB_FOLDERS = ("scb", "connector")
+PROMPT_TEMPLATE_FILE = "prompt_template.json"
+
+
+@dataclass
+class WeightsProvenance:
+    """Which weights a pipeline holds, for the log, ``pipe.describe()`` and the app's model banner.
+
+    Attributes:
+        source: the folder, hub id or checkpoint that was loaded.
+        layout: ``random weights``, ``DeepGen pipeline folder``, ``diffusers-format release`` or
+            ``native checkpoint``.
+        vlm: the VLM weights in use, e.g. ``release VLM, LoRA merged`` or ``base Qwen2.5-VL-3B-Instruct``.
+        notes: anything else a user must know (absent trained weights, overrides).
+    """
+
+    source: str
+    layout: str
+    vlm: str
+    notes: list[str] = field(default_factory=list)
+
+
+@dataclass
+class LoadedPipeline:
+    """What the loaders return: the pipeline's components by name and where their weights came from."""
+
+    components: dict[str, Any]
+    provenance: WeightsProvenance
+
+
+def describe_vlm_source(vlm: Union[str, Path]) -> str:
+    return VLM_BASE if str(vlm) == OFFICIAL_VLM else f"VLM from {vlm}"
+
+
 # --- native checkpoints ---------------------------------------------------------------------------------------
 
-def load_native_checkpoint(cls: type["DeepGenPipeline"], checkpoint: Union[str, Path], vlm: Union[str, Path],
-                           dit: Union[str, Path], torch_dtype: Optional[torch.dtype] = None,
-                           **overrides: Any) -> "DeepGenPipeline":
+def load_native_checkpoint(checkpoint: Union[str, Path], vlm: Union[str, Path], dit: Union[str, Path],
+                           torch_dtype: Optional[torch.dtype] = None, **overrides: Any) -> LoadedPipeline:
     """See :meth:`DeepGenPipeline.from_native_checkpoint`."""
     torch_dtype = torch_dtype or torch.float32
     checkpoint = Path(checkpoint)
@@ -260,10 +306,17 @@ def load_native_checkpoint(cls: type["DeepGenPipeline"], checkpoint: Union[str, 
 
     vlm_model = Qwen2_5_VLForConditionalGeneration.from_pretrained(vlm, dtype=torch_dtype,
                                                                    attn_implementation="sdpa")
+    vlm_weights = describe_vlm_source(vlm)
     if parts.vlm_base:
         _check_load("VLM", vlm_model.load_state_dict(parts.vlm_base, strict=False), allow_missing=True)
+        vlm_weights += f" + {len(parts.vlm_base)} VLM tensors from the checkpoint"
     if parts.vlm_lora:
         attach_vlm_lora(vlm_model, parts.vlm_lora, settings["lora_alpha"], settings["lora_alpha_ratio"])
+        vlm_weights += f" + the checkpoint's VLM LoRA ({len(lora_layers(vlm_model))} modules)"
+    if not parts.vlm_base and not parts.vlm_lora:
+        # The authors' RL trainer drops ``lmm.*`` when saving: its model runs on the base VLM.
+        logger.info("%s holds no VLM tensors (lmm.*): the VLM is the base %s, with the checkpoint's think tokens, "
+                    "SCB and DiT (the authors' RL model is saved this way).", checkpoint.name, vlm)
     tokenizer = tokenizer or AutoTokenizer.from_pretrained(vlm)
 
     transformer = KontextSD3Transformer2DModel.from_pretrained(dit, subfolder="transformer", torch_dtype=torch_dtype)
@@ -276,10 +329,11 @@ def load_native_checkpoint(cls: type["DeepGenPipeline"], checkpoint: Union[str, 
     scheduler = scheduler or FlowMatchEulerDiscreteScheduler.from_pretrained(dit, subfolder="scheduler")
 
     bridge_kwargs = bridge_config_from_state_dict(parts.bridge, vlm_model.config, transformer.config, settings)
-    bridge = StackedChannelBridge(**bridge_kwargs)
-    _check_load("SCB bridge", bridge.load_state_dict(parts.bridge, strict=False), allow_missing=False)
-    return cls(vlm=vlm_model.eval(), tokenizer=tokenizer, connector=bridge.to(torch_dtype).eval(),
-               transformer=transformer.eval(), vae=vae.eval(), scheduler=scheduler)
+    scb = StackedChannelBridge(**bridge_kwargs)
+    _check_load("SCB bridge", scb.load_state_dict(parts.bridge, strict=False), allow_missing=False)
+    components = {"vlm": vlm_model.eval(), "tokenizer": tokenizer, "scb": scb.to(torch_dtype).eval(),
+                  "transformer": transformer.eval(), "vae": vae.eval(), "scheduler": scheduler}
+    return LoadedPipeline(components, WeightsProvenance(str(checkpoint), "native checkpoint", vlm_weights))
 
 
 # --- pipeline folders -----------------------------------------------------------------------------------------
@@ -296,10 +350,30 @@ def _resolve_folder(name_or_path: Union[str, Path], hub_kwargs: dict[str, Any]) 
     return Path(snapshot_download(str(name_or_path), **hub_kwargs))
 
 
-def _load_release_bridge(folder: Path, vlm_config: Any, transformer_config: Any, torch_dtype: torch.dtype,
-                         overrides: dict[str, Any]) -> StackedChannelBridge:
-    """The diffusers release's ``connector/``: key names are unpublished, so match the native names with any
-    prefix in front, infer sizes from shapes and the ``deepgen-1.0`` preset, and fail on anything unmatched."""
+def _is_our_scb(folder: Path) -> bool:
+    config_file = folder / "config.json"
+    return config_file.is_file() and \
+        json.loads(config_file.read_text()).get("_class_name") == StackedChannelBridge.__name__
+
+
+def _release_scb_settings(folder: Path, overrides: dict[str, Any]) -> dict[str, Any]:
+    """Connector settings that shapes cannot tell: the ``deepgen-1.0`` preset, then whatever the release's
+    ``config.json`` states (top level or under ``connector``/``connector_config``), then explicit overrides."""
+    preset = get_preset("deepgen-1.0").connector
+    settings = {"num_attention_heads": preset.num_attention_heads, "hidden_act": preset.hidden_act,
+                "layer_norm_eps": preset.layer_norm_eps, "scb_layers": None}
+    config_file = folder / "config.json"
+    if config_file.is_file():
+        stated = json.loads(config_file.read_text())
+        for section in (stated, stated.get("connector") or {}, stated.get("connector_config") or {}):
+            settings.update({k: section[k] for k in settings if isinstance(section, dict) and k in section})
+    return {**settings, **overrides}
+
+
+def _load_release_scb(folder: Path, vlm_config: Any, transformer_config: Any, torch_dtype: torch.dtype,
+                      overrides: dict[str, Any]) -> StackedChannelBridge:
+    """The diffusers release's ``connector/``: the native names (``meta_queries``, ``projector_{1,2,3}.*``,
+    ``connector.layers.*``) with or without a prefix in front, sizes from shapes; anything unmatched fails."""
     files = sorted(folder.glob("*.safetensors"))
     if not files:
         raise ValueError(f"No .safetensors weights in {folder}.")
@@ -313,55 +387,90 @@ def _load_release_bridge(folder: Path, vlm_config: Any, transformer_config: Any,
                 unmatched.append(key)
     if unmatched:
         raise ValueError(f"{len(unmatched)} tensors in {folder} match no SCB parameter name, e.g. {unmatched[:10]}.")
-    preset = get_preset("deepgen-1.0").connector
-    settings = {"num_attention_heads": preset.num_attention_heads, "hidden_act": preset.hidden_act,
-                "layer_norm_eps": preset.layer_norm_eps, "scb_layers": None, **overrides}
-    bridge = StackedChannelBridge(**bridge_config_from_state_dict(state, vlm_config, transformer_config, settings))
-    _check_load("SCB bridge", bridge.load_state_dict(state, strict=False), allow_missing=False)
-    return bridge.to(torch_dtype)
+    settings = _release_scb_settings(folder, overrides)
+    scb = StackedChannelBridge(**bridge_config_from_state_dict(state, vlm_config, transformer_config, settings))
+    _check_load("SCB bridge", scb.load_state_dict(state, strict=False), allow_missing=False)
+    return scb.to(torch_dtype)
 
 
-def load_pipeline_folder(cls: type["DeepGenPipeline"], name_or_path: Union[str, Path],
-                         torch_dtype: Optional[torch.dtype] = None, **kwargs: Any) -> "DeepGenPipeline":
+def _load_folder_vlm(root: Path, release: bool, vlm_model_path: Optional[Union[str, Path]], torch_dtype: torch.dtype,
+                     provenance: WeightsProvenance) -> Qwen2_5_VLForConditionalGeneration:
+    """The folder's VLM (``vlm/``, plus ``vlm_lora/`` in our folders), or ``vlm_model_path``; a release without
+    ``vlm/`` (its first upload) falls back to the base Qwen2.5-VL-3B-Instruct, with a warning."""
+    if vlm_model_path is None and (root / "vlm").is_dir():
+        path, provenance.vlm = root / "vlm", VLM_RELEASE_MERGED if release else "saved VLM"
+    elif vlm_model_path is None:
+        path, provenance.vlm = OFFICIAL_VLM, VLM_BASE
+        note = (f"{root} has no vlm/ (the release's first upload): the trained VLM weights (its LoRA, merged into "
+                f"vlm/ in the next upload) are absent and the base {OFFICIAL_VLM} is used. Download the release "
+                "again to get vlm/, or pass vlm_model_path=... to choose the VLM.")
+        logger.warning(note)
+        provenance.notes.append(note)
+    else:
+        path, provenance.vlm = vlm_model_path, describe_vlm_source(vlm_model_path)
+        if (root / "vlm").is_dir():
+            note = f"vlm_model_path={vlm_model_path} replaces the folder's own VLM ({root / 'vlm'})."
+            logger.warning(note)
+            provenance.notes.append(note)
+    vlm = Qwen2_5_VLForConditionalGeneration.from_pretrained(path, dtype=torch_dtype, attn_implementation="sdpa")
+    if path == root / "vlm" and (root / "vlm_lora").is_dir():
+        load_lora(vlm, root / "vlm_lora")
+        provenance.vlm += " + LoRA adapter (vlm_lora/)"
+    return vlm
+
+
+def load_pipeline_folder(name_or_path: Union[str, Path], torch_dtype: Optional[torch.dtype] = None,
+                         **kwargs: Any) -> LoadedPipeline:
     """See :meth:`DeepGenPipeline.from_pretrained`."""
     torch_dtype = torch_dtype or torch.float32
     hub_kwargs = {k: kwargs.pop(k) for k in ("revision", "token", "cache_dir", "local_files_only") if k in kwargs}
-    components = {k: kwargs.pop(k) for k in ("vlm", "tokenizer", "connector", "transformer", "vae", "scheduler")
-                  if k in kwargs}
-    bridge_overrides = {k: kwargs.pop(k) for k in ("num_attention_heads", "hidden_act", "layer_norm_eps",
-                                                   "scb_layers") if k in kwargs}
+    given = {k: kwargs.pop(k) for k in COMPONENT_NAMES if k in kwargs}
+    vlm_model_path = kwargs.pop("vlm_model_path", None)
+    scb_overrides = {k: kwargs.pop(k) for k in ("num_attention_heads", "hidden_act", "layer_norm_eps", "scb_layers")
+                     if k in kwargs}
     if kwargs:
-        raise ValueError(f"Unknown from_pretrained arguments {sorted(kwargs)}.")
+        raise ValueError(f"Unknown from_pretrained arguments {sorted(kwargs)}; accepted: components "
+                         f"{list(COMPONENT_NAMES)}, vlm_model_path, hub options (revision, token, cache_dir, "
+                         "local_files_only) and connector settings (num_attention_heads, hidden_act, "
+                         "layer_norm_eps, scb_layers).")
+    if "vlm" in given and vlm_model_path is not None:
+        raise ValueError("Pass either vlm=<model> or vlm_model_path=<folder or hub id>, not both.")
     root = _resolve_folder(name_or_path, hub_kwargs)
     if not (root / MODEL_INDEX).is_file():
         raise ValueError(f"{root} has no {MODEL_INDEX}: not a DeepGen pipeline folder. For the authors' model.pt "
                          "use DeepGenPipeline.from_native_checkpoint(checkpoint, vlm=..., dit=...).")
-    missing = [d for d in ("vlm", "connector", "transformer", "vae", "scheduler")
-               if d not in components and not (root / d).is_dir()]
+    scb_folder = next((root / name for name in SCB_FOLDERS if (root / name).is_dir()), None)
+    release = scb_folder is not None and not _is_our_scb(scb_folder)
+    missing = [d for d in ("transformer", "vae", "scheduler") if d not in given and not (root / d).is_dir()]
+    if "scb" not in given and scb_folder is None:
+        missing.append("scb (or connector)")
+    if "vlm" not in given and vlm_model_path is None and not release and not (root / "vlm").is_dir():
+        missing.append("vlm")
     if missing:
         raise ValueError(f"{root} lacks the component folders {missing}.")
+    if release and (root / PROMPT_TEMPLATE_FILE).is_file():
+        check_prompt_template(json.loads((root / PROMPT_TEMPLATE_FILE).read_text()))
 
-    vlm = components.get("vlm") or Qwen2_5_VLForConditionalGeneration.from_pretrained(
-        root / "vlm", dtype=torch_dtype, attn_implementation="sdpa")
-    if "vlm" not in components and (root / "vlm_lora").is_dir():
-        load_lora(vlm, root / "vlm_lora")
-    tokenizer = components.get("tokenizer") or AutoTokenizer.from_pretrained(
-        root / "tokenizer" if (root / "tokenizer").is_dir() else root / "vlm")
-    transformer = components.get("transformer") or KontextSD3Transformer2DModel.from_pretrained(
+    provenance = WeightsProvenance(str(name_or_path), "diffusers-format release" if release else
+                                   "DeepGen pipeline folder", vlm="VLM passed to from_pretrained")
+    vlm = given.get("vlm") or _load_folder_vlm(root, release, vlm_model_path, torch_dtype, provenance)
+    tokenizer_source = next((root / d for d in ("tokenizer", "vlm") if (root / d).is_dir()),
+                            vlm_model_path or OFFICIAL_VLM)
+    tokenizer = given.get("tokenizer") or AutoTokenizer.from_pretrained(tokenizer_source)
+    # Whatever class the config names (the release's names the remote code's): the weights are our Kontext DiT's.
+    transformer = given.get("transformer") or KontextSD3Transformer2DModel.from_pretrained(
         root / "transformer", torch_dtype=torch_dtype)
-    if "transformer" not in components and (root / "transformer_lora").is_dir():
+    if "transformer" not in given and (root / "transformer_lora").is_dir():
         load_lora(transformer, root / "transformer_lora")
-    vae = components.get("vae") or AutoencoderKL.from_pretrained(root / "vae", torch_dtype=torch_dtype)
-    scheduler = components.get("scheduler") or FlowMatchEulerDiscreteScheduler.from_pretrained(root / "scheduler")
-    connector = components.get("connector")
-    if connector is None:
-        config_file = root / "connector" / "config.json"
-        ours = config_file.is_file() and json.loads(config_file.read_text()).get("_class_name") == \
-            StackedChannelBridge.__name__
-        connector = StackedChannelBridge.from_pretrained(root / "connector", torch_dtype=torch_dtype) if ours else \
-            _load_release_bridge(root / "connector", vlm.config, transformer.config, torch_dtype, bridge_overrides)
-    return cls(vlm=vlm.eval(), tokenizer=tokenizer, connector=connector.eval(), transformer=transformer.eval(),
-               vae=vae.eval(), scheduler=scheduler)
+    vae = given.get("vae") or AutoencoderKL.from_pretrained(root / "vae", torch_dtype=torch_dtype)
+    scheduler = given.get("scheduler") or FlowMatchEulerDiscreteScheduler.from_pretrained(root / "scheduler")
+    scb = given.get("scb")
+    if scb is None:
+        scb = _load_release_scb(scb_folder, vlm.config, transformer.config, torch_dtype, scb_overrides) if release \
+            else StackedChannelBridge.from_pretrained(scb_folder, torch_dtype=torch_dtype)
+    components = {"vlm": vlm.eval(), "tokenizer": tokenizer, "scb": scb.eval(), "transformer": transformer.eval(),
+                  "vae": vae.eval(), "scheduler": scheduler}
+    return LoadedPipeline(components, provenance)
 
 
 def _save_base_weights(module: torch.nn.Module, directory: Path, weights_name: str) -> None:
@@ -374,10 +483,13 @@ def _save_base_weights(module: torch.nn.Module, directory: Path, weights_name: s
     save_file(state, directory / weights_name, metadata={"format": "pt"})
 
 
-def save_pipeline_folder(pipe: "DeepGenPipeline", save_directory: Union[str, Path]) -> None:
-    """Write the pipeline to ``save_directory`` atomically (a temporary folder renamed into place)."""
-    for name in ("vlm", "transformer"):
-        if is_merged(getattr(pipe, name)):
+def save_pipeline_folder(components: dict[str, Any], pipeline_class_name: str,
+                         save_directory: Union[str, Path]) -> None:
+    """Write the components (named as in :data:`COMPONENT_NAMES`) to ``save_directory`` atomically (a temporary
+    folder renamed into place); LoRA adapters go to ``vlm_lora/`` and ``transformer_lora/``."""
+    vlm, transformer, scb = components["vlm"], components["transformer"], components["scb"]
+    for name, module in (("vlm", vlm), ("transformer", transformer)):
+        if is_merged(module):
             raise ValueError(f"The {name}'s LoRA is merged into its weights; call "
                              f"deepgen.lora.unmerge_lora(pipe.{name}) before saving so base weights and adapters "
                              "are stored apart.")
@@ -386,25 +498,22 @@ def save_pipeline_folder(pipe: "DeepGenPipeline", save_directory: Union[str, Pat
     staging = Path(tempfile.mkdtemp(prefix=f".{target.name}.", dir=target.parent))
     os.chmod(staging, 0o755)  # mkdtemp makes 0700; the saved folder should be readable like any other
     try:
-        pipe.vlm.config.save_pretrained(staging / "vlm")
-        _save_base_weights(pipe.vlm, staging / "vlm", "model.safetensors")
-        if has_lora(pipe.vlm):
-            save_lora(pipe.vlm, staging / "vlm_lora")
-        pipe.tokenizer.save_pretrained(staging / "tokenizer")
-        pipe.connector.save_pretrained(staging / "connector")
-        pipe.transformer.save_config(staging / "transformer")
-        _save_base_weights(pipe.transformer, staging / "transformer", "diffusion_pytorch_model.safetensors")
-        if has_lora(pipe.transformer):
-            save_lora(pipe.transformer, staging / "transformer_lora")
-        pipe.vae.save_pretrained(staging / "vae")
-        pipe.scheduler.save_pretrained(staging / "scheduler")
-        index = {"_class_name": type(pipe).__name__, "_diffusers_version": _diffusers_version(),
-                 "vlm": ["transformers", type(pipe.vlm).__name__],
-                 "tokenizer": ["transformers", type(pipe.tokenizer).__name__],
-                 "connector": ["deepgen", type(pipe.connector).__name__],
-                 "transformer": ["deepgen", type(pipe.transformer).__name__],
-                 "vae": ["diffusers", type(pipe.vae).__name__],
-                 "scheduler": ["diffusers", type(pipe.scheduler).__name__]}
+        vlm.config.save_pretrained(staging / "vlm")
+        _save_base_weights(vlm, staging / "vlm", "model.safetensors")
+        if has_lora(vlm):
+            save_lora(vlm, staging / "vlm_lora")
+        components["tokenizer"].save_pretrained(staging / "tokenizer")
+        scb.save_pretrained(staging / "scb")
+        transformer.save_config(staging / "transformer")
+        _save_base_weights(transformer, staging / "transformer", "diffusion_pytorch_model.safetensors")
+        if has_lora(transformer):
+            save_lora(transformer, staging / "transformer_lora")
+        components["vae"].save_pretrained(staging / "vae")
+        components["scheduler"].save_pretrained(staging / "scheduler")
+        libraries = {"vlm": "transformers", "tokenizer": "transformers", "scb": "deepgen", "transformer": "deepgen",
+                     "vae": "diffusers", "scheduler": "diffusers"}
+        index = {"_class_name": pipeline_class_name, "_diffusers_version": _diffusers_version(),
+                 **{name: [libraries[name], type(components[name]).__name__] for name in COMPONENT_NAMES}}
         (staging / MODEL_INDEX).write_text(json.dumps(index, indent=2) + "\n")
         if target.exists():
             backup = target.with_name(f".{target.name}.old")

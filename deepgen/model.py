@@ -39,7 +39,11 @@ def build_bridge(config: DeepGenConfig) -> StackedChannelBridge:
 
 
 class DeepGenModel(nn.Module):
-    """VLM encoder -> SCB -> Kontext DiT. Holds references to the pipeline's components (no copies)."""
+    """VLM encoder -> SCB -> Kontext DiT. Holds references to the pipeline's components (no copies).
+
+    The SCB (``pipe.scb``) sits under the name ``connector`` here: training checkpoints key its parameters
+    ``connector.*`` (the authors' too), and those names are kept.
+    """
 
     def __init__(self, vlm: Qwen2_5_VLForConditionalGeneration, connector: StackedChannelBridge,
                  transformer: KontextSD3Transformer2DModel):

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import logging
 import math
 from dataclasses import dataclass
 from pathlib import Path
@@ -16,16 +17,28 @@ from PIL import Image
 from transformers import PreTrainedTokenizerBase, Qwen2_5_VLForConditionalGeneration
 
 from .config import DeepGenConfig, get_preset
-from .image_processing import ImageInput, fit_size, pil_to_tensor, tensor_to_uint8, to_rgb
+from .image_processing import ImageInput, fit_size, pil_to_tensor, reference_size, tensor_to_uint8, to_rgb
 from .kontext import KontextSD3Transformer2DModel
+from .loading import (LoadedPipeline, WeightsProvenance, load_native_checkpoint, load_pipeline_folder,
+                      save_pipeline_folder)
 from .model import DeepGenModel, build_bridge, build_vlm
 from .scb import StackedChannelBridge
 from .tokenizer import build_tokenizer
 from .vlm import DeepGenProcessor, VLMInputs
 
+logger = logging.getLogger(__name__)
+
 MAX_INFERENCE_STEPS = 1000
 MAX_GUIDANCE_SCALE = 100.0
 DEFAULT_SIZE = 512
+REFERENCE_UNIT = 32  # reference images are sized in multiples of 32 px (28 px ViT patches after the 28/32 resize)
+# The negative prompt of the authors' four editing benchmark scripts (ImgEdit, GEdit-Bench, RISEBench,
+# UniREditBench: their default ``--cfg_prompt``). The pipeline's default stays "", as in their own inference.
+EDIT_NEGATIVE_PROMPT = (
+    "blurry, low quality, low resolution, distorted, deformed, broken content, missing parts, damaged details, "
+    "artifacts, glitch, noise, pixelated, grainy, compression artifacts, bad composition, wrong proportion, "
+    "incomplete editing, unfinished, unedited areas."
+)
 PromptInput = Union[str, list[str]]
 ImagesInput = Union[ImageInput, list[ImageInput], list[list[ImageInput]], None]
 
@@ -36,6 +49,12 @@ class DeepGenPipelineOutput(BaseOutput):
     or (B, 16, h, w) latents, depending on ``output_type``."""
 
     images: Union[list[Image.Image], np.ndarray, torch.Tensor]
+
+
+def classifier_free_guidance(velocity_cond: torch.Tensor, velocity_uncond: torch.Tensor,
+                             guidance_scale: float) -> torch.Tensor:
+    """CFG on the velocity: uncond + scale * (cond - uncond) (the authors' formula)."""
+    return velocity_uncond + guidance_scale * (velocity_cond - velocity_uncond)
 
 
 def default_dtype(device: Union[str, torch.device]) -> torch.dtype:
@@ -57,25 +76,33 @@ class DeepGenPipeline(DiffusionPipeline):
     Components:
         vlm: ``Qwen2_5_VLForConditionalGeneration`` used as an encoder (one forward per call).
         tokenizer: its Qwen2 tokenizer.
-        connector: :class:`StackedChannelBridge` (think tokens, projectors, connector).
+        scb: :class:`StackedChannelBridge`, Stacked Channel Bridging with its think tokens (``meta_queries``),
+            projectors and connector encoder (saved in ``scb/``; ``connector/`` in the release).
         transformer: :class:`KontextSD3Transformer2DModel`.
         vae: SD3 ``AutoencoderKL``.
         scheduler: ``FlowMatchEulerDiscreteScheduler``.
+
+    ``provenance`` (:class:`~deepgen.loading.WeightsProvenance`) records which weights were loaded;
+    :meth:`describe` says it in words.
     """
 
-    model_cpu_offload_seq = "vlm->connector->transformer->vae"
+    model_cpu_offload_seq = "vlm->scb->transformer->vae"
     _callback_tensor_inputs = ["latents"]
 
     def __init__(self, vlm: Qwen2_5_VLForConditionalGeneration, tokenizer: PreTrainedTokenizerBase,
-                 connector: StackedChannelBridge, transformer: KontextSD3Transformer2DModel, vae: AutoencoderKL,
+                 scb: StackedChannelBridge, transformer: KontextSD3Transformer2DModel, vae: AutoencoderKL,
                  scheduler: FlowMatchEulerDiscreteScheduler):
         super().__init__()
-        self.register_modules(vlm=vlm, tokenizer=tokenizer, connector=connector, transformer=transformer, vae=vae,
+        self.register_modules(vlm=vlm, tokenizer=tokenizer, scb=scb, transformer=transformer, vae=vae,
                               scheduler=scheduler)
         vision = vlm.config.vision_config
+        # A row may use every VLM position but the think tokens' (the authors do not cut prompts).
+        positions = vlm.config.text_config.max_position_embeddings - scb.config.num_queries
         self.processor = DeepGenProcessor(tokenizer, vision.patch_size, vision.spatial_merge_size,
-                                          vision.temporal_patch_size)
+                                          vision.temporal_patch_size, max_sequence_length=positions)
         self.vae_scale_factor = 2 ** (len(vae.config.block_out_channels) - 1)
+        self.provenance = WeightsProvenance(source="components given in code", layout="components",
+                                            vlm="VLM given in code")
 
     # --- construction ------------------------------------------------------------------------------------------
 
@@ -98,12 +125,22 @@ class DeepGenPipeline(DiffusionPipeline):
         torch.manual_seed(seed)
         with torch.device(device):
             vlm = build_vlm(config, torch_dtype)
-            connector = build_bridge(config).to(torch_dtype)
+            scb = build_bridge(config).to(torch_dtype)
             transformer = KontextSD3Transformer2DModel.from_config(config.transformer).to(torch_dtype)
             vae = AutoencoderKL.from_config(config.vae).to(torch_dtype)
         scheduler = FlowMatchEulerDiscreteScheduler.from_config(config.scheduler)
-        return cls(vlm=vlm.eval(), tokenizer=tokenizer, connector=connector.eval(), transformer=transformer.eval(),
+        pipe = cls(vlm=vlm.eval(), tokenizer=tokenizer, scb=scb.eval(), transformer=transformer.eval(),
                    vae=vae.eval(), scheduler=scheduler)
+        pipe.provenance = WeightsProvenance(source=f"from_config (seed {seed})", layout="random weights",
+                                            vlm="random weights")
+        return pipe
+
+    @classmethod
+    def _from_loaded(cls, loaded: LoadedPipeline) -> "DeepGenPipeline":
+        pipe = cls(**loaded.components)
+        pipe.provenance = loaded.provenance
+        logger.info("Loaded DeepGen: %s", pipe.describe().replace("\n", "; "))
+        return pipe
 
     @classmethod
     def from_pretrained(cls, pretrained_model_name_or_path: Union[str, Path], torch_dtype: Optional[torch.dtype] = None,
@@ -113,15 +150,18 @@ class DeepGenPipeline(DiffusionPipeline):
         Args:
             pretrained_model_name_or_path: a local folder or a hub id.
             torch_dtype: dtype of the weights (default float32; use ``torch.bfloat16`` on GPU).
-            kwargs: components to use instead of the saved ones (``scheduler=...``, ``tokenizer=...``); hub
-                options (``revision``, ``token``, ``cache_dir``, ``local_files_only``); and, for the diffusers
-                release's connector (whose config is not published), what its shapes cannot tell:
-                ``num_attention_heads``, ``hidden_act``, ``layer_norm_eps``, ``scb_layers`` (default: the
-                ``deepgen-1.0`` preset).
-        """
-        from .loading import load_pipeline_folder
+            kwargs: components to use instead of the saved ones (``scheduler=...``, ``tokenizer=...``,
+                ``scb=...``); ``vlm_model_path``: a folder or hub id whose VLM replaces the folder's ``vlm/`` (a
+                release without ``vlm/`` takes the base ``Qwen/Qwen2.5-VL-3B-Instruct`` by default, with a warning
+                that the trained VLM weights are absent); hub options (``revision``, ``token``, ``cache_dir``,
+                ``local_files_only``); and, for the release's ``connector/``, what its shapes cannot tell:
+                ``num_attention_heads``, ``hidden_act``, ``layer_norm_eps``, ``scb_layers`` (default: what its
+                ``config.json`` states, else the ``deepgen-1.0`` preset).
 
-        return load_pipeline_folder(cls, pretrained_model_name_or_path, torch_dtype=torch_dtype, **kwargs)
+        The release's ``prompt_template.json`` is checked against the template we implement; the transformer
+        loads into :class:`KontextSD3Transformer2DModel` whatever class its config names.
+        """
+        return cls._from_loaded(load_pipeline_folder(pretrained_model_name_or_path, torch_dtype=torch_dtype, **kwargs))
 
     @classmethod
     def from_native_checkpoint(cls, checkpoint: Union[str, Path], vlm: Union[str, Path], dit: Union[str, Path],
@@ -130,7 +170,8 @@ class DeepGenPipeline(DiffusionPipeline):
 
         Args:
             checkpoint: the native state dict (``meta_queries``, ``projector_*``, ``connector.*``,
-                ``transformer.*`` and optional VLM LoRA tensors ``lmm.*lora*``).
+                ``transformer.*`` and optional VLM LoRA tensors ``lmm.*lora*``; the RL model
+                ``deepgenteam/DeepGen-1.0`` holds none and runs on the base VLM).
             vlm: folder or hub id of Qwen2.5-VL-3B-Instruct (with its tokenizer).
             dit: folder or hub id holding ``transformer/``, ``vae/`` and ``scheduler/``
                 (UniPic2-SD3.5M-Kontext-2B).
@@ -140,20 +181,32 @@ class DeepGenPipeline(DiffusionPipeline):
                 ``layer_norm_eps`` (connector), ``lora_alpha``, ``scb_layers``; or components to use as they are:
                 ``scheduler``, ``tokenizer``.
         """
-        from .loading import load_native_checkpoint
-
-        return load_native_checkpoint(cls, checkpoint, vlm, dit, torch_dtype=torch_dtype, **config_overrides)
+        return cls._from_loaded(load_native_checkpoint(checkpoint, vlm, dit, torch_dtype=torch_dtype,
+                                                       **config_overrides))
 
     def save_pretrained(self, save_directory: Union[str, Path], **kwargs: Any) -> None:
         """Save every component (and any LoRA adapters, separately) so :meth:`from_pretrained` restores it."""
-        from .loading import save_pipeline_folder
+        save_pipeline_folder(self.components, type(self).__name__, save_directory)
 
-        save_pipeline_folder(self, save_directory)
+    def describe(self) -> str:
+        """Which weights this pipeline runs, in words (for logs and the app's model banner), e.g.::
+
+            DeepGen from deepgenteam/DeepGen-1.0-diffusers (diffusers-format release)
+            VLM: release VLM, LoRA merged
+        """
+        lines = [f"DeepGen from {self.provenance.source} ({self.provenance.layout})",
+                 f"VLM: {self.provenance.vlm}"]
+        return "\n".join(lines + [f"Note: {note}" for note in self.provenance.notes])
+
+    @property
+    def connector(self) -> StackedChannelBridge:
+        """The SCB under its former component name; use :attr:`scb` (kept so that earlier code still runs)."""
+        return self.scb
 
     @property
     def model(self) -> DeepGenModel:
         """The trainable whole as one module (shares parameters with the pipeline)."""
-        return DeepGenModel(self.vlm, self.connector, self.transformer)
+        return DeepGenModel(self.vlm, self.scb, self.transformer)
 
     # --- inputs -----------------------------------------------------------------------------------------------
 
@@ -213,9 +266,15 @@ class DeepGenPipeline(DiffusionPipeline):
         """Normalise ``image`` to per-prompt lists of [-1, 1] tensors and choose the output size.
 
         ``image`` is one image or a list of images (references shared by every prompt), or a list with one list
-        of images per prompt. A single reference is resized to the output size; by default the output follows
-        the source's aspect ratio with its long side at most 512 (multiples of 32). Several references keep
-        their own aspect ratios (long side <= the output's long side).
+        of images per prompt. Sizes follow the authors' inference (:func:`~deepgen.image_processing.reference_size`):
+
+        * one reference, no ``height``/``width``: the reference is resized with ``reference_size(...,
+          default_sample_size)`` (long side 512 when it is at least 512, else not scaled; sides rounded up to
+          multiples of 32) and the output takes its size;
+        * one reference with both sides given: the reference is resized to the output size; with one side given,
+          the other follows the reference's aspect ratio (multiples of 32);
+        * several references: each goes through ``reference_size(..., max(width, height))`` and the output is
+          ``width`` x ``height`` (each defaults to ``default_sample_size``).
         """
         if image is None:
             return [[] for _ in range(batch_size)], height or self.default_sample_size, width or self.default_sample_size
@@ -233,24 +292,28 @@ class DeepGenPipeline(DiffusionPipeline):
         if len(counts) != 1:
             raise ValueError(f"All prompts of a batch must have the same number of reference images, got {counts}.")
         rgb = [[to_rgb(i) for i in refs] for refs in per_prompt]
+        single = counts == {1}
         first = rgb[0][0]
-        if height is None and width is None:
-            width, height = fit_size(*first.size, max_side=max(32, min(self.default_sample_size, max(first.size))))
-        elif height is None or width is None:
+        if single and height is None and width is None:
+            width, height = reference_size(*first.size, image_size=self._reference_image_size(None, None))
+        elif single and (height is None or width is None):
             # One side given: keep the source's aspect ratio for the other (multiples of 32).
             source_w, source_h = first.size
             if height is None:
-                height = max(32, round(width * source_h / source_w / 32) * 32)
+                height = max(REFERENCE_UNIT, round(width * source_h / source_w / REFERENCE_UNIT) * REFERENCE_UNIT)
             else:
-                width = max(32, round(height * source_w / source_h / 32) * 32)
+                width = max(REFERENCE_UNIT, round(height * source_w / source_h / REFERENCE_UNIT) * REFERENCE_UNIT)
             if max(height, width) > self.max_side:
                 width, height = fit_size(width, height, self.max_side)
+        elif not single:
+            height, width = height or self.default_sample_size, width or self.default_sample_size
         tensors = []
         for refs in rgb:
-            if len(refs) == 1:
-                sizes = [fit_size(width, height, max(width, height))]
+            if single:
+                sizes = [(width, height)]
             else:
-                sizes = [fit_size(*ref.size, max_side=max(width, height)) for ref in refs]
+                image_size = self._reference_image_size(height, width)
+                sizes = [reference_size(*ref.size, image_size=image_size) for ref in refs]
             tensors.append([pil_to_tensor(ref, size) for ref, size in zip(refs, sizes)])
         for k in range(len(tensors[0])):
             # The k-th references of all prompts are VAE-encoded and fed to the DiT as one batch.
@@ -260,6 +323,13 @@ class DeepGenPipeline(DiffusionPipeline):
                                  f"{sizes}; give the prompts' k-th references the same aspect ratio, or run the "
                                  "prompts in separate calls.")
         return tensors, height, width
+
+    def _reference_image_size(self, height: Optional[int], width: Optional[int]) -> int:
+        """The ``image_size`` of the authors' ``resize_image``: ``max(width, height)`` (default 512), kept to a
+        multiple of 32 (the ViT grid) and to the DiT's largest side."""
+        side = max(height or self.default_sample_size, width or self.default_sample_size)
+        side = -(-side // REFERENCE_UNIT) * REFERENCE_UNIT
+        return max(REFERENCE_UNIT, min(side, self.max_side // REFERENCE_UNIT * REFERENCE_UNIT))
 
     # --- conditioning -----------------------------------------------------------------------------------------
 
@@ -328,6 +398,7 @@ class DeepGenPipeline(DiffusionPipeline):
         guidance_scale: float = 4.0,
         num_images_per_prompt: int = 1,
         generator: Optional[Union[torch.Generator, list[torch.Generator]]] = None,
+        seed: Optional[int] = None,
         latents: Optional[torch.Tensor] = None,
         image_latents: Optional[list[torch.Tensor]] = None,
         image_generator: Optional[torch.Generator] = None,
@@ -341,16 +412,20 @@ class DeepGenPipeline(DiffusionPipeline):
         Args:
             prompt: the prompt or edit instruction, or a list of them.
             image: reference image(s) for editing: one image, a list shared by all prompts, or one list per prompt.
-            negative_prompt: default ``""``; uses the same template (and, for edits, the same images).
+            negative_prompt: default ``""`` (the authors' default; :data:`EDIT_NEGATIVE_PROMPT` is their editing
+                benchmarks' one); uses the same template (and, for edits, the same images).
             height, width: output size, multiples of 16. Default ``default_sample_size`` square (512 for
-                DeepGen 1.0); for a single-image edit the output follows the source's aspect ratio (long side at
-                most that, multiples of 32).
+                DeepGen 1.0); a single-image edit without them takes the size the authors give the reference
+                (see :meth:`prepare_images`).
             num_inference_steps: Euler steps (default 50). guidance_scale: CFG scale s in
-                ``v = v_u + s (v_c - v_u)`` (default 4.0; 1.0 skips the unconditional DiT pass).
+                ``v = v_u + s (v_c - v_u)`` (default 4.0); at s <= 1 there is no guidance, as in the authors'
+                pipeline: one conditional DiT pass per step.
             num_images_per_prompt: images per prompt.
             generator: draws the initial noise (and, unless ``image_generator`` is given, the VAE posterior sample
                 of the references). A list holds one generator per image; each prompt's references are then
-                sampled with the generator of its first image. latents: initial noise (B, 16, H/8, W/8) instead of drawing it.
+                sampled with the generator of its first image. seed: instead of ``generator``, as in the release
+                card's examples: a generator on the execution device seeded with it (like the authors' scripts).
+                latents: initial noise (B, 16, H/8, W/8) instead of drawing it.
             image_latents: the references' scaled VAE latents, one (B, 16, h, w) tensor per reference, instead of
                 encoding ``image`` (the VLM still sees ``image``).
             image_generator: draws the VAE posterior sample of the references.
@@ -363,6 +438,7 @@ class DeepGenPipeline(DiffusionPipeline):
         unknown = set(callback_on_step_end_tensor_inputs) - set(self._callback_tensor_inputs)
         if unknown:
             raise ValueError(f"Callbacks can receive {self._callback_tensor_inputs}, not {sorted(unknown)}.")
+        generator = self._seeded_generator(seed, generator)
         # 1. Check inputs and choose the output size.
         prompts = self.check_inputs(prompt, negative_prompt, height, width, num_inference_steps, guidance_scale,
                                     num_images_per_prompt)
@@ -377,7 +453,7 @@ class DeepGenPipeline(DiffusionPipeline):
         seq_pos, seq_neg = seq.chunk(2)
         pooled_pos, pooled_neg = pooled.chunk(2)
         repeat = lambda t: t.repeat_interleave(num_images_per_prompt, dim=0)  # noqa: E731
-        do_cfg = guidance_scale != 1.0
+        do_cfg = guidance_scale > 1.0  # the authors' pipeline: no guidance (one conditional pass) at <= 1
         if do_cfg:
             # The DiT batch is [negative..., positive...] (the reverse of the VLM batch), as in the reference.
             context = torch.cat([repeat(seq_neg), repeat(seq_pos)])
@@ -405,7 +481,7 @@ class DeepGenPipeline(DiffusionPipeline):
                                  ref_latents).float()
                 if do_cfg:
                     v_uncond, v_cond = velocity.chunk(2)
-                    velocity = v_uncond + guidance_scale * (v_cond - v_uncond)
+                    velocity = classifier_free_guidance(v_cond, v_uncond, guidance_scale)
                 latents = self.scheduler.step(velocity, t, latents, return_dict=False)[0]
                 if callback_on_step_end is not None:
                     local = {"latents": latents}
@@ -427,6 +503,15 @@ class DeepGenPipeline(DiffusionPipeline):
         if not return_dict:
             return (images,)
         return DeepGenPipelineOutput(images=images)
+
+    def _seeded_generator(self, seed: Optional[int], generator: Any) -> Any:
+        if seed is None:
+            return generator
+        if not isinstance(seed, int) or isinstance(seed, bool) or not 0 <= seed < 2**63:
+            raise ValueError(f"`seed` must be a non-negative integer, got {seed!r}.")
+        if generator is not None:
+            raise ValueError("Pass either `seed` or `generator`, not both.")
+        return torch.Generator(self._execution_device).manual_seed(seed)
 
     def _reference_latents(self, references: list[list[torch.Tensor]], image: ImagesInput,
                            image_latents: Optional[list[torch.Tensor]], image_generator: Optional[torch.Generator],

@@ -58,6 +58,14 @@ class StackedChannelBridge(ModelMixin, ConfigMixin):
             nn.init.zeros_(head.weight)
             nn.init.zeros_(head.bias)
 
+    def set_attn_implementation(self, attn_implementation: str) -> None:
+        """Choose the connector's attention kernel (``"sdpa"``, the default, or ``"eager"``, as the authors'
+        flash-attention-free reference); the connector reads it from its config at every forward."""
+        if attn_implementation not in ("sdpa", "eager"):
+            raise ValueError(f"The connector supports attn_implementation 'sdpa' or 'eager', got "
+                             f"{attn_implementation!r}.")
+        self.connector.config._attn_implementation = attn_implementation
+
     def stack(self, hidden_states: Sequence[torch.Tensor]) -> torch.Tensor:
         """Concatenate the selected VLM hidden states on channels: (B, T, H) each -> (B, T, H * len(scb_layers))."""
         if len(hidden_states) <= max(self.scb_layers):

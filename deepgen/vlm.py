@@ -21,8 +21,41 @@ logger = logging.getLogger(__name__)
 USER_TEMPLATE = "<|im_start|>user\n{input}<|im_end|>\n<|im_start|>assistant\n"
 GENERATION_TEMPLATE = "Generate an image: {input}"
 IMAGE_BLOCK = "<|vision_start|>{pads}<|vision_end|>"
+IMAGE_START = "<|vision_start|>"
+IMAGE_END = "<|vision_end|>"
 IMAGE_PAD = "<|image_pad|>"
-MAX_PROMPT_TOKENS = 1024  # the authors' max_length; longer prompts are truncated with a warning
+
+# The authors' ``prompt_template`` (configs/models/deepgen_scb.py; the diffusers release's prompt_template.json).
+# Inference uses INSTRUCTION, GENERATION and the three image tokens, as above; the other entries are unused by
+# their generate() and ours, and must still equal these values (a release that changed them would run code we
+# do not implement).
+PROMPT_TEMPLATE = {
+    "IMG_START_TOKEN": IMAGE_START,
+    "IMG_END_TOKEN": IMAGE_END,
+    "IMG_CONTEXT_TOKEN": IMAGE_PAD,
+    "IMG_START_TOKEN_FOR_GENERATION": False,
+    "SYSTEM": "<|im_start|>system\n{system}<|im_end|>\n",
+    "INSTRUCTION": USER_TEMPLATE,
+    "SUFFIX": "<|im_end|>",
+    "SUFFIX_AS_EOS": True,
+    "SEP": "\n",
+    "STOP_WORDS": ["<|im_end|>", "<|endoftext|>"],
+    "GENERATION": GENERATION_TEMPLATE,
+    "CFG": "Generate an image.",
+}
+
+
+def check_prompt_template(template: dict) -> None:
+    """Refuse a ``prompt_template.json`` that differs from the template we implement (:data:`PROMPT_TEMPLATE`)."""
+    if not isinstance(template, dict):
+        raise ValueError(f"prompt_template.json must hold a JSON object, got {type(template).__name__}.")
+    differences = [f"{key}: ours {PROMPT_TEMPLATE.get(key)!r}, the release's {template.get(key)!r}"
+                   for key in sorted(set(PROMPT_TEMPLATE) | set(template))
+                   if template.get(key, PROMPT_TEMPLATE.get(key)) != PROMPT_TEMPLATE.get(key)]
+    if differences:
+        raise ValueError("The release's prompt_template.json differs from the prompt template DeepGen Studio "
+                         "implements, so its images would not be the authors': " + "; ".join(differences) +
+                         ". Use a release whose template matches, or report the new template.")
 
 
 def template_prompt(text: str, image_tokens: Sequence[int] = ()) -> str:
@@ -57,26 +90,39 @@ class VLMInputs:
 class DeepGenProcessor:
     """Turns prompts and reference images into :class:`VLMInputs`, as the authors' ``generate()`` does.
 
+    The authors do not cut prompts at inference. A row only has to fit the VLM's positions: with
+    ``max_sequence_length`` = ``max_position_embeddings`` minus the think tokens, a longer row (template and image
+    tokens included) has its prompt text cut to fit, with a warning; this never happens silently.
+
     Args:
         tokenizer: a Qwen2 tokenizer (with ``<|image_pad|>`` and friends).
         patch_size, merge_size, temporal_patch_size: the Qwen2.5-VL vision config values.
-        max_prompt_tokens: prompts longer than this are cut (with a warning) before templating.
+        max_sequence_length: the most tokens a templated row may have (None: no limit).
     """
 
     def __init__(self, tokenizer: PreTrainedTokenizerBase, patch_size: int = 14, merge_size: int = 2,
-                 temporal_patch_size: int = 2, max_prompt_tokens: int = MAX_PROMPT_TOKENS):
+                 temporal_patch_size: int = 2, max_sequence_length: Optional[int] = None):
         self.tokenizer = tokenizer
         self.patch_size = patch_size
         self.merge_size = merge_size
         self.temporal_patch_size = temporal_patch_size
-        self.max_prompt_tokens = max_prompt_tokens
+        self.max_sequence_length = max_sequence_length
 
-    def truncate(self, text: str) -> str:
+    def _fit(self, text: str, image_tokens: Sequence[int]) -> str:
+        """The templated row, with the prompt text cut (and a warning) if the row exceeds the positions."""
+        row = template_prompt(text, image_tokens)
+        if self.max_sequence_length is None:
+            return row
+        length = len(self.tokenizer(row, add_special_tokens=False)["input_ids"])
+        if length <= self.max_sequence_length:
+            return row
         ids = self.tokenizer(text, add_special_tokens=False)["input_ids"]
-        if len(ids) <= self.max_prompt_tokens:
-            return text
-        logger.warning("Prompt of %d tokens truncated to %d tokens.", len(ids), self.max_prompt_tokens)
-        return self.tokenizer.decode(ids[: self.max_prompt_tokens])
+        overhead = length - len(ids)
+        keep = max(0, self.max_sequence_length - overhead)
+        logger.warning("A prompt row of %d tokens exceeds the %d positions the VLM has for it "
+                       "(max_position_embeddings minus the think tokens); its text is cut from %d to %d tokens.",
+                       length, self.max_sequence_length, len(ids), keep)
+        return template_prompt(self.tokenizer.decode(ids[:keep]), image_tokens)
 
     def __call__(self, texts: Sequence[str], images: Optional[Sequence[Sequence[torch.Tensor]]] = None) -> VLMInputs:
         """Template, tokenise (one call, left padding) and patchify.
@@ -97,7 +143,7 @@ class DeepGenProcessor:
                 patches.append(p)
                 grids.append(grid)
                 row_tokens.append(int(grid.prod()) // self.merge_size**2)
-            rows.append(template_prompt(self.truncate(text), row_tokens))
+            rows.append(self._fit(text, row_tokens))
         encoded = self.tokenizer(rows, padding=True, padding_side="left", return_tensors="pt")
         return VLMInputs(
             input_ids=encoded["input_ids"],

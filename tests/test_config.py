@@ -87,10 +87,10 @@ def test_deepgen_1_0_builds_on_meta_with_plausible_sizes():
     assert {p.device.type for p in pipe.vlm.parameters()} == {"meta"}
     assert {p.device.type for p in pipe.transformer.parameters()} == {"meta"}
     assert pipe.tokenizer.convert_tokens_to_ids("<|image_pad|>") == pipe.vlm.config.image_token_id
-    vlm, dit, bridge = _count(pipe.vlm), _count(pipe.transformer), _count(pipe.connector)
+    vlm, dit, bridge = _count(pipe.vlm), _count(pipe.transformer), _count(pipe.scb)
     assert 3.6e9 < vlm < 3.9e9, f"VLM has {vlm / 1e9:.3f}B parameters (Qwen2.5-VL-3B: ~3.75B, tied embeddings)"
     assert 2.0e9 < dit < 2.5e9, f"DiT has {dit / 1e9:.3f}B parameters (SD3.5-M Kontext: ~2.2B)"
     assert 0.3e9 < bridge < 0.5e9, f"think tokens + SCB have {bridge / 1e9:.3f}B parameters (~0.4B)"
     assert 0.05e9 < _count(pipe.vae) < 0.1e9
     # projector_1 stacks six 2048-wide hidden states
-    assert tuple(pipe.connector.projector_1.weight.shape) == (2048, 6 * 2048)
+    assert tuple(pipe.scb.projector_1.weight.shape) == (2048, 6 * 2048)

@@ -8,6 +8,7 @@ perturbed LoRA provides the checkpoint tensors; its base VLM and a different DiT
 from __future__ import annotations
 
 import json
+import logging
 import re
 import shutil
 from pathlib import Path
@@ -19,6 +20,7 @@ import torch
 from safetensors.torch import load_file, save_file
 
 from deepgen import DeepGenPipeline
+from deepgen.kontext import KontextSD3Transformer2DModel
 from deepgen.loading import is_lora_key, normalize_vlm_key, read_state_dict, strip_wrapper_prefixes
 from deepgen.lora import add_lora, has_lora, lora_layers
 
@@ -38,7 +40,7 @@ def _tiny(seed: int) -> DeepGenPipeline:
 def _randomize_heads(pipe: DeepGenPipeline, seed: int) -> None:
     generator = torch.Generator().manual_seed(seed)
     with torch.no_grad():
-        for head in (pipe.connector.projector_2, pipe.connector.projector_3):
+        for head in (pipe.scb.projector_2, pipe.scb.projector_3):
             head.weight.copy_(torch.randn(head.weight.shape, generator=generator) * 0.1)
 
 
@@ -83,7 +85,7 @@ def legacy_vlm_key(key: str) -> str:
 
 def native_state(pipe: DeepGenPipeline, legacy: bool = False) -> dict[str, torch.Tensor]:
     """The authors' flat state dict layout, from a pipeline whose VLM carries a LoRA."""
-    state = {k: v.clone() for k, v in pipe.connector.state_dict().items()}
+    state = {k: v.clone() for k, v in pipe.scb.state_dict().items()}
     state.update({f"transformer.{k}": v.clone() for k, v in pipe.transformer.state_dict().items()})
     for key, value in pipe.vlm.state_dict().items():
         if is_lora_key(key):
@@ -183,7 +185,7 @@ def test_read_state_dict_bad_files(tmp_path):
 
 def test_native_checkpoint_loads(native):
     pipe = load_native(native, native.state)
-    for name in ("connector", "transformer"):
+    for name in ("scb", "transformer"):
         ours, theirs = getattr(pipe, name).state_dict(), getattr(native.source, name).state_dict()
         assert ours.keys() == theirs.keys()
         assert all(torch.equal(ours[k], theirs[k]) for k in theirs), f"{name} weights differ from the checkpoint"
@@ -295,9 +297,9 @@ def _write_release_folder(pipe: DeepGenPipeline, folder: Path, extra: dict | Non
                           drop: str | None = None) -> None:
     """Our folder, with ``connector/`` rewritten as the release might store it (unknown prefix, foreign config)."""
     pipe.save_pretrained(folder)
-    shutil.rmtree(folder / "connector")
+    shutil.rmtree(folder / "scb")
     (folder / "connector").mkdir()
-    state = {f"bridge.{k}": v.contiguous() for k, v in pipe.connector.state_dict().items() if k != drop}
+    state = {f"bridge.{k}": v.contiguous() for k, v in pipe.scb.state_dict().items() if k != drop}
     state.update(extra or {})
     save_file(state, folder / "connector" / "model.safetensors")
     (folder / "connector" / "config.json").write_text(json.dumps({"_class_name": "DeepGenConnector"}))
@@ -307,7 +309,7 @@ def test_release_folder_loads(tmp_path):
     pipe = _release_compatible_pipe()
     _write_release_folder(pipe, tmp_path / "release")
     loaded = DeepGenPipeline.from_pretrained(tmp_path / "release")
-    assert loaded.connector.config.connector_config["num_attention_heads"] == 32
+    assert loaded.scb.config.connector_config["num_attention_heads"] == 32
     assert_same_conditions(loaded, pipe, exact=True)
 
 
@@ -327,7 +329,7 @@ def test_fixture_as_release_folder_with_connector_overrides(golden, tmp_path):
     pipe = _golden_pipe(golden)
     _write_release_folder(pipe, tmp_path / "release")
     default = DeepGenPipeline.from_pretrained(tmp_path / "release")
-    assert default.connector.config.connector_config["num_attention_heads"] == 32
+    assert default.scb.config.connector_config["num_attention_heads"] == 32
     assert not torch.allclose(_golden_pooled(default), _golden_pooled(pipe))
     loaded = DeepGenPipeline.from_pretrained(tmp_path / "release", num_attention_heads=2)
     assert torch.equal(_golden_pooled(loaded), _golden_pooled(pipe))
@@ -366,3 +368,146 @@ def test_save_pretrained_failure_keeps_previous_folder(tmp_path, monkeypatch):
         pipe.save_pretrained(target)
     assert sorted(p.relative_to(target) for p in target.rglob("*")) == before
     assert sorted(p.name for p in tmp_path.iterdir()) == ["pipe"], "a failed save left a temporary folder"
+
+
+# --- the diffusers-format release, as published (replicas of each layout) --------------------------------------
+
+RELEASE_ID = "deepgenteam/DeepGen-1.0-diffusers"
+
+
+def _write_release_replica(pipe: DeepGenPipeline, folder: Path, with_vlm: bool) -> None:
+    """The release's layout at tiny size: ``connector/`` with the native key names and no config of ours,
+    ``prompt_template.json``, the release's ``model_index.json``, a transformer config naming the remote-code class,
+    ``deepgen_pipeline.py``, and ``vlm/`` only from the second upload on."""
+    from deepgen.vlm import PROMPT_TEMPLATE
+
+    pipe.save_pretrained(folder)
+    shutil.rmtree(folder / "scb")
+    (folder / "connector").mkdir()
+    save_file({k: v.contiguous() for k, v in pipe.scb.state_dict().items()}, folder / "connector" / "model.safetensors")
+    if not with_vlm:
+        shutil.rmtree(folder / "vlm")
+    (folder / "prompt_template.json").write_text(json.dumps(PROMPT_TEMPLATE))
+    (folder / "deepgen_pipeline.py").write_text("# the authors' remote code: never imported by us\nraise SystemExit\n")
+    config = json.loads((folder / "transformer" / "config.json").read_text())
+    config["_class_name"] = ["deepgen_pipeline", "SD3Transformer2DModel"]
+    (folder / "transformer" / "config.json").write_text(json.dumps(config))
+    (folder / "model_index.json").write_text(json.dumps({
+        "_class_name": ["deepgen_pipeline", "DeepGenPipeline"], "_diffusers_version": "0.35.2",
+        "transformer": ["deepgen_pipeline", "SD3Transformer2DModel"], "vae": ["diffusers", "AutoencoderKL"],
+        "scheduler": ["diffusers", "FlowMatchEulerDiscreteScheduler"]}))
+
+
+@pytest.fixture(scope="module")
+def release(tmp_path_factory) -> SimpleNamespace:
+    """Replicas of both uploads (with and without ``vlm/``) and a base VLM standing in for Qwen2.5-VL-3B."""
+    root = tmp_path_factory.mktemp("release")
+    trained = _release_compatible_pipe()
+    base = _tiny(seed=7).vlm  # the same tiny VLM config, other weights: what the base Qwen is to the release's
+    base.save_pretrained(root / "base-vlm")
+    trained.tokenizer.save_pretrained(root / "base-vlm")
+    _write_release_replica(trained, root / "second-upload", with_vlm=True)
+    _write_release_replica(trained, root / "first-upload", with_vlm=False)
+    return SimpleNamespace(root=root, trained=trained, base=base)
+
+
+def _from_hub(monkeypatch, folder: Path, **kwargs) -> DeepGenPipeline:
+    """Load the hub id through the same code path as a real download, the snapshot being the replica."""
+    import huggingface_hub
+
+    calls = []
+    monkeypatch.setattr(huggingface_hub, "snapshot_download", lambda repo_id, **kw: calls.append(repo_id) or str(folder))
+    pipe = DeepGenPipeline.from_pretrained(RELEASE_ID, **kwargs)
+    assert calls == [RELEASE_ID]
+    return pipe
+
+
+def test_release_second_upload_uses_its_trained_vlm(release, monkeypatch, caplog):
+    with caplog.at_level(logging.WARNING, logger="deepgen.loading"):
+        pipe = _from_hub(monkeypatch, release.root / "second-upload")
+    assert not caplog.records
+    assert isinstance(pipe.transformer, KontextSD3Transformer2DModel)
+    assert pipe.scb.config.connector_config["num_attention_heads"] == 32
+    assert_same_conditions(pipe, release.trained, exact=True)
+    assert pipe.provenance.vlm == "release VLM, LoRA merged"
+    assert pipe.describe().splitlines() == [f"DeepGen from {RELEASE_ID} (diffusers-format release)",
+                                            "VLM: release VLM, LoRA merged"]
+
+
+def test_release_first_upload_takes_the_base_vlm_with_a_warning(release, monkeypatch, caplog):
+    monkeypatch.setattr("deepgen.loading.OFFICIAL_VLM", str(release.root / "base-vlm"))
+    with caplog.at_level(logging.WARNING, logger="deepgen.loading"):
+        pipe = _from_hub(monkeypatch, release.root / "first-upload")
+    assert any("has no vlm/" in r.getMessage() and "trained VLM weights" in r.getMessage() for r in caplog.records)
+    assert pipe.provenance.vlm == "base Qwen2.5-VL-3B-Instruct"
+    assert "VLM: base Qwen2.5-VL-3B-Instruct" in pipe.describe() and "absent" in pipe.describe()
+    for (key, ours), theirs in zip(pipe.vlm.state_dict().items(), release.base.state_dict().values()):
+        assert torch.equal(ours, theirs), key
+    torch.testing.assert_close(pipe.scb.meta_queries, release.trained.scb.meta_queries, atol=0, rtol=0)
+
+
+@pytest.mark.parametrize("upload", ["first-upload", "second-upload"])
+def test_release_vlm_model_path_overrides(release, monkeypatch, caplog, upload):
+    with caplog.at_level(logging.WARNING, logger="deepgen.loading"):
+        pipe = _from_hub(monkeypatch, release.root / upload, vlm_model_path=release.root / "base-vlm")
+    for (key, ours), theirs in zip(pipe.vlm.state_dict().items(), release.base.state_dict().values()):
+        assert torch.equal(ours, theirs), key
+    assert pipe.provenance.vlm == f"VLM from {release.root / 'base-vlm'}"
+    replaced = any("replaces the folder's own VLM" in r.getMessage() for r in caplog.records)
+    assert replaced == (upload == "second-upload")
+
+
+def test_release_prompt_template_differences_fail_loudly(release, tmp_path, monkeypatch):
+    folder = tmp_path / "changed"
+    shutil.copytree(release.root / "second-upload", folder)
+    template = json.loads((folder / "prompt_template.json").read_text())
+    template["GENERATION"] = "Draw: {input}"
+    (folder / "prompt_template.json").write_text(json.dumps(template))
+    with pytest.raises(ValueError, match=re.escape("GENERATION: ours 'Generate an image: {input}', the release's "
+                                                   "'Draw: {input}'")):
+        _from_hub(monkeypatch, folder)
+    template = dict(json.loads((release.root / "second-upload" / "prompt_template.json").read_text()), NEW_KEY="x")
+    (folder / "prompt_template.json").write_text(json.dumps(template))
+    with pytest.raises(ValueError, match="NEW_KEY"):
+        _from_hub(monkeypatch, folder)
+
+
+def test_folders_saved_before_the_scb_rename_still_load(tmp_path):
+    """Our folders used to hold the SCB in ``connector/`` (with our config) under the model_index key
+    ``connector``; they load unchanged (the shipped DeepGen-nano assets are such folders)."""
+    pipe = _tiny(seed=8)
+    pipe.save_pretrained(tmp_path / "old")
+    (tmp_path / "old" / "scb").rename(tmp_path / "old" / "connector")
+    index = json.loads((tmp_path / "old" / "model_index.json").read_text())
+    index["connector"] = index.pop("scb")
+    (tmp_path / "old" / "model_index.json").write_text(json.dumps(index))
+    loaded = DeepGenPipeline.from_pretrained(tmp_path / "old")
+    assert loaded.provenance.layout == "DeepGen pipeline folder" and loaded.provenance.vlm == "saved VLM"
+    assert_same_conditions(loaded, pipe, exact=True)
+    assert loaded.connector is loaded.scb
+
+
+# --- native checkpoints as released: Pretrain/SFT with the VLM LoRA, RL without ---------------------------------
+
+
+def test_native_rl_checkpoint_without_vlm_tensors_runs_on_the_base_vlm(native, caplog):
+    state = {k: v for k, v in native.state.items() if not k.startswith("lmm.")}
+    with caplog.at_level(logging.INFO, logger="deepgen.loading"):
+        pipe = load_native(native, state, name="rl.pt")
+    messages = [r.getMessage() for r in caplog.records if r.name == "deepgen.loading"]
+    assert sum("holds no VLM tensors (lmm.*)" in m for m in messages) == 1
+    assert not has_lora(pipe.vlm)
+    assert pipe.provenance.vlm == f"VLM from {native.root / 'vlm'}"
+    for name in ("scb", "transformer"):
+        ours, theirs = getattr(pipe, name).state_dict(), getattr(native.source, name).state_dict()
+        assert all(torch.equal(ours[k], theirs[k]) for k in theirs), name
+    with pytest.raises(ValueError, match=re.escape("optimizer.step")):  # every key still consumed or reported
+        load_native(native, dict(state, **{"optimizer.step": torch.zeros(1)}), name="rl-extra.pt")
+
+
+def test_native_sft_checkpoint_with_vlm_lora_says_so(native, caplog):
+    with caplog.at_level(logging.INFO, logger="deepgen.loading"):
+        pipe = load_native(native, native.state, name="sft.pt")
+    assert not any("holds no VLM tensors" in r.getMessage() for r in caplog.records)
+    assert pipe.provenance.layout == "native checkpoint"
+    assert pipe.provenance.vlm.endswith(f"+ the checkpoint's VLM LoRA ({len(lora_layers(pipe.vlm))} modules)")

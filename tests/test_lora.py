@@ -35,7 +35,7 @@ def _tiny(seed: int = 0) -> DeepGenPipeline:
     pipe = DeepGenPipeline.from_config("tiny", seed=seed)
     generator = torch.Generator().manual_seed(seed)
     with torch.no_grad():
-        for head in (pipe.connector.projector_2, pipe.connector.projector_3):
+        for head in (pipe.scb.projector_2, pipe.scb.projector_3):
             head.weight.copy_(torch.randn(head.weight.shape, generator=generator) * 0.1)
     pipe.set_progress_bar_config(disable=True)
     return pipe

@@ -22,7 +22,7 @@ def test_nano_preset_builds_and_round_trips():
     pipe = DeepGenPipeline.from_config(config, seed=0)
     assert pipe.vae_scale_factor == 4  # 64 px -> 16x16 latents
     assert pipe.transformer.config.in_channels == pipe.vae.config.latent_channels
-    assert pipe.connector.projector_1.in_features == 5 * config.vlm_hidden_size
+    assert pipe.scb.projector_1.in_features == 5 * config.vlm_hidden_size
 
 
 @pytest.fixture(scope="module", params=SHIPPED or [pytest.param(None, marks=pytest.mark.skip("no nano shipped"))])

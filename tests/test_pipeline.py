@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import inspect
 import logging
 import struct
 import zlib
@@ -13,6 +14,7 @@ import torch
 from PIL import Image
 
 from deepgen import DeepGenPipeline, DeepGenPipelineOutput, load_image
+from deepgen.pipeline import EDIT_NEGATIVE_PROMPT, classifier_free_guidance
 
 SIZE = 32
 STEPS = 2
@@ -41,7 +43,7 @@ def conditioned_pipe() -> DeepGenPipeline:
     pipe = DeepGenPipeline.from_config("tiny", seed=0)
     generator = torch.Generator().manual_seed(0)
     with torch.no_grad():
-        for head in (pipe.connector.projector_2, pipe.connector.projector_3):
+        for head in (pipe.scb.projector_2, pipe.scb.projector_3):
             head.weight.copy_(torch.randn(head.weight.shape, generator=generator) * 0.1)
     pipe.set_progress_bar_config(disable=True)
     return pipe
@@ -195,12 +197,39 @@ def test_edit_per_prompt_image_lists(tiny_pipe):
         run(tiny_pipe, ["a", "b"], image=[[first, picture(64, 32)], [first, picture(32, 64)]], height=64, width=64)
 
 
-def test_edit_output_size_follows_the_source(tiny_pipe):
-    wide = picture(96, 64)
+@pytest.mark.parametrize("source, expected", [
+    ((1000, 700), (512, 384)),  # long side >= 512: scaled to 512, the other side rounded *up* (358.4 -> 384)
+    ((500, 375), (512, 384)),  # both sides < 512: not scaled, each rounded up to a multiple of 32
+    ((700, 1000), (384, 512)),
+    ((96, 64), (96, 64)),
+    ((40, 72), (64, 96)),
+])
+def test_single_edit_size_is_the_authors_resize_image(tiny_pipe, source, expected):
+    references, height, width = tiny_pipe.prepare_images(picture(*source), 1, None, None)
+    assert (width, height) == expected
+    assert tuple(references[0][0].shape) == (3, expected[1], expected[0])  # the output takes the reference's size
+
+
+def test_single_edit_with_one_side_given_keeps_the_aspect_ratio(tiny_pipe):
+    references, height, width = tiny_pipe.prepare_images(picture(96, 64), 1, None, 192)
+    assert (width, height) == (192, 128) and tuple(references[0][0].shape) == (3, 128, 192)
+    assert tiny_pipe.prepare_images(picture(96, 64), 1, 64, None)[1:] == (64, 96)
+
+
+def test_edit_output_takes_the_resized_reference_size(tiny_pipe):
     kwargs = {"num_inference_steps": 1, "generator": torch.Generator().manual_seed(0)}
-    assert tiny_pipe("widen", image=wide, **kwargs).images[0].size == (96, 64)
-    assert tiny_pipe("widen", image=picture(40, 72), **kwargs).images[0].size == (32, 64)  # multiples of 32
-    assert tiny_pipe("widen", image=wide, height=32, width=32, **kwargs).images[0].size == (32, 32)
+    assert tiny_pipe("widen", image=picture(500, 375), **kwargs).images[0].size == (512, 384)
+    assert tiny_pipe("widen", image=picture(96, 64), height=32, width=32, **kwargs).images[0].size == (32, 32)
+
+
+def test_several_references_use_the_output_size_not_the_first_aspect(tiny_pipe):
+    refs = [picture(1000, 700), picture(300, 600)]
+    references, height, width = tiny_pipe.prepare_images(refs, 1, None, None)
+    assert (width, height) == (512, 512)
+    assert [tuple(r.shape[-2:]) for r in references[0]] == [(384, 512), (512, 256)]
+    references, height, width = tiny_pipe.prepare_images(refs, 1, 128, 256)
+    assert (width, height) == (256, 128)
+    assert [tuple(r.shape[-2:]) for r in references[0]] == [(192, 256), (256, 128)]
 
 
 def test_edit_with_given_image_latents(tiny_pipe):
@@ -304,15 +333,24 @@ def test_load_image_refuses_non_images(tmp_path):
         load_image(tmp_path / "missing.png")
 
 
-def test_over_long_prompt_is_truncated_with_a_warning(tiny_pipe, caplog):
-    prompt = " ".join(["red circle"] * 700)  # > 1024 tokens
-    assert len(tiny_pipe.tokenizer(prompt)["input_ids"]) > tiny_pipe.processor.max_prompt_tokens
+def test_long_prompts_are_not_cut_below_the_vlm_positions(tiny_pipe, caplog):
+    prompt = " ".join(["red circle"] * 700)  # > 1024 tokens: the old limit, which the authors do not have
+    assert len(tiny_pipe.tokenizer(prompt)["input_ids"]) > 1024
     with caplog.at_level(logging.WARNING, logger="deepgen.vlm"):
-        latents = run(tiny_pipe, prompt, num_inference_steps=1, output_type="latent")
-    assert latents.shape == latent_shape(1)
-    assert any("truncated to 1024 tokens" in r.getMessage() for r in caplog.records)
-    inputs = tiny_pipe.processor([prompt, ""])
-    assert inputs.input_ids.shape[1] < 1024 + 32  # the prompt itself is cut, the template kept
+        inputs = tiny_pipe.processor([prompt, ""])
+    assert not caplog.records
+    assert prompt in tiny_pipe.tokenizer.decode(inputs.input_ids[0])
+
+
+def test_prompts_beyond_the_vlm_positions_are_cut_with_a_warning(tiny_pipe, caplog):
+    limit = tiny_pipe.vlm.config.text_config.max_position_embeddings - tiny_pipe.scb.config.num_queries
+    assert tiny_pipe.processor.max_sequence_length == limit
+    prompt = " ".join(["red circle"] * limit)
+    with caplog.at_level(logging.WARNING, logger="deepgen.vlm"):
+        inputs = tiny_pipe.processor([prompt, ""])
+    assert limit - 4 <= inputs.input_ids.shape[1] <= limit  # the text is cut to fit, the template kept
+    assert tiny_pipe.tokenizer.decode(inputs.input_ids[0]).endswith("<|im_end|>\n<|im_start|>assistant\n")
+    assert any("exceeds the" in r.getMessage() and f"{limit} positions" in r.getMessage() for r in caplog.records)
 
 
 # --- offloading and persistence --------------------------------------------------------------------------------
@@ -336,7 +374,7 @@ def test_from_config_save_load_round_trip(tmp_path: Path):
     pipe.save_pretrained(tmp_path / "tiny")
     loaded = DeepGenPipeline.from_pretrained(tmp_path / "tiny")
     loaded.set_progress_bar_config(disable=True)
-    for name in ("vlm", "connector", "transformer", "vae"):
+    for name in ("vlm", "scb", "transformer", "vae"):
         ours, theirs = getattr(loaded, name).state_dict(), getattr(pipe, name).state_dict()
         assert ours.keys() == theirs.keys(), name
         assert all(torch.equal(ours[k], theirs[k]) for k in ours), name
@@ -345,3 +383,48 @@ def test_from_config_save_load_round_trip(tmp_path: Path):
     assert torch.equal(run(loaded, output_type="latent"), run(pipe, output_type="latent"))
     assert torch.equal(run(loaded, "edit", image=picture(), output_type="latent"),
                        run(pipe, "edit", image=picture(), output_type="latent"))
+
+
+# --- guidance, seeds and the release card's arguments ------------------------------------------------------------
+
+
+def test_classifier_free_guidance_formula():
+    cond, uncond = torch.tensor([3.0, -1.0]), torch.tensor([1.0, 1.0])
+    torch.testing.assert_close(classifier_free_guidance(cond, uncond, 4.0), torch.tensor([9.0, -7.0]))
+    torch.testing.assert_close(classifier_free_guidance(cond, uncond, 1.0), cond)
+
+
+@pytest.mark.parametrize("scale", [0.0, 0.5, 1.0])
+def test_guidance_at_most_one_is_one_conditional_pass(conditioned_pipe, scale):
+    """The authors' pipeline guides only when guidance_scale > 1: below, no batch doubling and no extrapolation
+    towards or away from the unconditional velocity (which differs from the conditional one here)."""
+    pipe, batches = conditioned_pipe, []
+    hook = pipe.transformer.register_forward_hook(
+        lambda module, args, kwargs, output: batches.append(kwargs["hidden_states"].shape[0]), with_kwargs=True)
+    try:
+        latents = run(pipe, ["a red circle", "a blue square"], guidance_scale=scale, output_type="latent")
+    finally:
+        hook.remove()
+    assert batches == [2] * STEPS
+    conditional = run(pipe, ["a red circle", "a blue square"], guidance_scale=1.0, output_type="latent")
+    assert torch.equal(latents, conditional)
+    guided = run(pipe, ["a red circle", "a blue square"], guidance_scale=1.5, output_type="latent")
+    assert not torch.allclose(guided, conditional, atol=1e-4), "cond and uncond velocities must differ here"
+
+
+def test_seed_argument_of_the_release_card(tiny_pipe):
+    by_seed = tiny_pipe("a red circle", height=SIZE, width=SIZE, num_inference_steps=STEPS, guidance_scale=4.0,
+                        seed=42, output_type="latent").images
+    by_generator = run(tiny_pipe, seed=42, output_type="latent")
+    assert torch.equal(by_seed, by_generator)
+    with pytest.raises(ValueError, match="either `seed` or `generator`"):
+        tiny_pipe("a", seed=1, generator=torch.Generator().manual_seed(1), num_inference_steps=1)
+    for bad in (-1, 1.5, "7", True):
+        with pytest.raises(ValueError, match="`seed` must be a non-negative integer"):
+            tiny_pipe("a", seed=bad, num_inference_steps=1)
+
+
+def test_edit_negative_prompt_is_the_authors_benchmark_string(golden):
+    benchmarks = (golden.parent / "BENCHMARKS.md").read_text()
+    assert f"`{EDIT_NEGATIVE_PROMPT}`" in benchmarks
+    assert inspect.signature(DeepGenPipeline.__call__).parameters["negative_prompt"].default is None  # means ""

@@ -97,8 +97,8 @@ def test_stage1_resume_after_kill_matches_uninterrupted_run(tmp_path, monkeypatc
     assert all(name.startswith("connector.") for name in trained)
     pipe = DeepGenPipeline.from_pretrained(final)
     initial = DeepGenPipeline.from_config("tiny", seed=0)
-    torch.testing.assert_close(pipe.connector.meta_queries, trained["connector.meta_queries"])
-    assert not torch.equal(pipe.connector.meta_queries, initial.connector.meta_queries)
+    torch.testing.assert_close(pipe.scb.meta_queries, trained["connector.meta_queries"])
+    assert not torch.equal(pipe.scb.meta_queries, initial.scb.meta_queries)
     for name in ("vlm", "transformer"):
         for (key, p), q in zip(getattr(pipe, name).state_dict().items(), getattr(initial, name).state_dict().values()):
             assert torch.equal(p, q), f"{name}.{key} changed in stage 1"
@@ -128,7 +128,7 @@ def test_stage2_from_stage1_with_lora_and_ema_resumes_exactly(tmp_path, monkeypa
                                             load_config(CONFIGS / "tiny-stage2.yaml", overrides))
     shadow = dict(zip([name for name, _ in order], ema_full["shadow_params"]))  # EMA keeps the trainable order
     assert not torch.equal(shadow["connector.projector_1.weight"], trained["connector.projector_1.weight"])
-    torch.testing.assert_close(pipe.connector.projector_1.weight, shadow["connector.projector_1.weight"].cpu())
+    torch.testing.assert_close(pipe.scb.projector_1.weight, shadow["connector.projector_1.weight"].cpu())
 
 
 def test_stage_scripts_refuse_the_other_stages_schedule(tmp_path):

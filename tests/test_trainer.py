@@ -51,12 +51,12 @@ def test_stage1_schedule_trains_exactly_the_bridge(tmp_path):
     pipe = DeepGenPipeline.from_config("tiny", seed=0)
     trainable = trainer.apply_training_schedule(pipe, config)
     names = {name for name, _ in trainable}
-    bridge = {f"connector.{name}" for name, _ in pipe.connector.named_parameters()}
+    bridge = {f"connector.{name}" for name, _ in pipe.scb.named_parameters()}
     assert names == bridge
     assert {"connector.meta_queries", "connector.projector_1.weight", "connector.projector_3.bias"} <= names
     assert all(n.startswith(("connector.meta_queries", "connector.projector_", "connector.connector.")) for n in names)
     assert not any(p.requires_grad for p in pipe.vae.parameters())
-    assert (pipe.vlm.training, pipe.transformer.training, pipe.vae.training, pipe.connector.training) == \
+    assert (pipe.vlm.training, pipe.transformer.training, pipe.vae.training, pipe.scb.training) == \
         (False, False, False, True)
     accelerator = trainer.build_accelerator(config)
     assert _backward(pipe, config, accelerator, edit=True) == names  # think tokens get gradients through the VLM
@@ -80,7 +80,7 @@ def test_stage2_schedule_trains_bridge_dit_and_vlm_lora(tmp_path):
     # Hidden state k is the output of decoder layer k - 1, so layers >= max(scb_layers) feed nothing SCB reads
     # (the authors' range(L - 1, 0, -6) never uses the last layer); with lm_head, their LoRA gets no gradient.
     unread = tuple(f"vlm.model.language_model.layers.{i}." for i in
-                   range(max(pipe.connector.scb_layers), pipe.vlm.config.get_text_config().num_hidden_layers))
+                   range(max(pipe.scb.scb_layers), pipe.vlm.config.get_text_config().num_hidden_layers))
     assert unread and names - with_grads == {n for n in names if n.startswith((LM_HEAD_LORA, *unread))}
     # Under DDP a text-only batch leaves the ViT's LoRA unused: the accelerator must tolerate it.
     assert accelerator.ddp_handler is None or accelerator.ddp_handler.find_unused_parameters
@@ -97,8 +97,8 @@ def test_base_models_start_with_a_fresh_bridge(tmp_path, tiny_pipe):
         for (key, p), q in zip(getattr(pipe, name).state_dict().items(),
                                getattr(tiny_pipe, name).state_dict().values()):
             assert torch.equal(p, q), f"{name}.{key}"
-    assert not torch.equal(pipe.connector.meta_queries, tiny_pipe.connector.meta_queries)
-    assert not pipe.connector.projector_3.weight.any()  # zero heads: the DiT starts unconditional
+    assert not torch.equal(pipe.scb.meta_queries, tiny_pipe.scb.meta_queries)
+    assert not pipe.scb.projector_3.weight.any()  # zero heads: the DiT starts unconditional
     accelerator = trainer.build_accelerator(config)
     trainable = trainer.apply_training_schedule(pipe, config)
     assert _backward(pipe, config, accelerator, edit=False) == {name for name, _ in trainable}

@@ -88,7 +88,7 @@ def reference_policy(pipe, train: TrainConfig):
     if train.transformer_lora is not None:
         return pipe.model, (lambda: adapters_disabled(pipe.transformer))
     frozen = copy.deepcopy(pipe.transformer).requires_grad_(False).eval()
-    return DeepGenModel(pipe.vlm, pipe.connector, frozen), contextlib.nullcontext
+    return DeepGenModel(pipe.vlm, pipe.scb, frozen), contextlib.nullcontext
 
 
 def frozen_condition_velocity(model: torch.nn.Module, pipe):

@@ -129,7 +129,7 @@ def load_base_pipeline(vlm: str, dit: str, bridge_preset: str = "deepgen-1.0", s
         pooled_projection_dim=transformer.config.pooled_projection_dim,
         connector_config=vars(preset.connector).copy(),
     )
-    return DeepGenPipeline(vlm=vlm_model.eval(), tokenizer=tokenizer, connector=bridge.eval(),
+    return DeepGenPipeline(vlm=vlm_model.eval(), tokenizer=tokenizer, scb=bridge.eval(),
                            transformer=transformer.eval(), vae=vae.eval(), scheduler=scheduler)
 
 
@@ -152,20 +152,20 @@ def apply_training_schedule(pipe: DeepGenPipeline, config: TrainConfig) -> Named
     """
     pipe.vae.requires_grad_(False).eval()
     pipe.vlm.requires_grad_(config.train_vlm)
-    pipe.connector.requires_grad_(config.train_connector)
+    pipe.scb.requires_grad_(config.train_connector)
     pipe.transformer.requires_grad_(config.train_transformer)
     if config.vlm_lora is not None:
         _attach_lora(pipe.vlm, config.vlm_lora, "VLM")
     if config.transformer_lora is not None:
         _attach_lora(pipe.transformer, config.transformer_lora, "DiT")
-    for module in (pipe.vlm, pipe.connector, pipe.transformer):
+    for module in (pipe.vlm, pipe.scb, pipe.transformer):
         module.train(any(p.requires_grad for p in module.parameters()))
     if config.gradient_checkpointing:
         # Even frozen, both sit on the gradient path: think tokens enter the VLM, the bridge's output the DiT.
         # (transformers only checkpoints modules in train mode, i.e. a VLM with trainable weights.)
         pipe.transformer.enable_gradient_checkpointing()
         pipe.vlm.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
-    trainable = [(name, p) for name, p in DeepGenModel(pipe.vlm, pipe.connector, pipe.transformer).named_parameters()
+    trainable = [(name, p) for name, p in DeepGenModel(pipe.vlm, pipe.scb, pipe.transformer).named_parameters()
                  if p.requires_grad]
     if not trainable:
         raise ValueError("The schedule leaves nothing trainable; check train_* and *_lora in the config.")
@@ -177,7 +177,7 @@ def cast_frozen_weights(pipe: DeepGenPipeline, dtype: torch.dtype) -> None:
 
     The VAE stays fp32 (SD3's VAE needs it: ``force_upcast``).
     """
-    for module in (pipe.vlm, pipe.connector, pipe.transformer):
+    for module in (pipe.vlm, pipe.scb, pipe.transformer):
         for parameter in module.parameters():
             if not parameter.requires_grad:
                 parameter.data = parameter.data.to(dtype)

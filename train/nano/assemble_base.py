@@ -45,7 +45,7 @@ def main() -> None:
     pipe = DeepGenPipeline(
         vlm=Qwen2_5_VLForConditionalGeneration.from_pretrained(args.vlm, attn_implementation="sdpa").eval(),
         tokenizer=AutoTokenizer.from_pretrained(args.vlm),
-        connector=build_bridge(config).eval(),
+        scb=build_bridge(config).eval(),
         transformer=KontextSD3Transformer2DModel.from_pretrained(args.dit).eval(),
         vae=AutoencoderKL.from_pretrained(args.vae).eval(),
         scheduler=FlowMatchEulerDiscreteScheduler.from_config(config.scheduler),
