@@ -51,7 +51,8 @@ class Endpoints:
     def __init__(self, studio: Studio):
         self.studio = studio
         self.functions: dict[str, Callable] = {}
-        for fn in _task_functions(self):
+        for make in (_generate, _edit, _compare, _seed_sweep, _prompt_batch):
+            fn = make(self)
             self.functions[fn.__name__] = gpu_task(duration=self._duration(fn.__name__))(user_errors(fn))
 
     def __getitem__(self, task: str) -> Callable:
@@ -75,9 +76,11 @@ class Endpoints:
         return seconds
 
 
-def _task_functions(endpoints: Endpoints) -> list[Callable]:
-    """The five task functions; defaults are the page's (so the shortest API and MCP calls work)."""
-    active, side = endpoints.studio.active, endpoints.studio.default_side
+# The task functions; their defaults are the page's, so the shortest API and MCP calls work.
+
+
+def _generate(endpoints: Endpoints) -> Callable:
+    active, side = endpoints.studio.active, endpoints.studio.default_side  # the page's defaults
 
     def generate(prompt: str, negative_prompt: str = "", width: int = side, height: int = side,
                  steps: int = active.steps, guidance: float = active.guidance, seed: int = 0,
@@ -99,6 +102,12 @@ def _task_functions(endpoints: Endpoints) -> list[Callable]:
             The images (gallery), the seed used, a Markdown info line, and a zip of the PNGs with a JSON record.
         """
         return image_outputs(endpoints.run("generate", dict(locals())))
+
+    return generate
+
+
+def _edit(endpoints: Endpoints) -> Callable:
+    active, side = endpoints.studio.active, endpoints.studio.default_side  # the page's defaults
 
     def edit(images: list, instruction: str, negative_prompt: str = "", follow_source: bool = True,
              width: int = side, height: int = side, steps: int = active.steps, guidance: float = active.guidance,
@@ -124,6 +133,12 @@ def _task_functions(endpoints: Endpoints) -> list[Callable]:
         result = endpoints.run("edit", dict(locals()))
         return ((str(result.references[0]), str(result.files[0])), *image_outputs(result))
 
+    return edit
+
+
+def _compare(endpoints: Endpoints) -> Callable:
+    active, side = endpoints.studio.active, endpoints.studio.default_side  # the page's defaults
+
     def compare(contestants: list[str], prompt: str, negative_prompt: str = "", images: Optional[list] = None,
                 width: int = side, height: int = side, steps: int = active.steps,
                 guidance: float = active.guidance, seed: int = 0, randomize_seed: bool = True,
@@ -147,6 +162,12 @@ def _task_functions(endpoints: Endpoints) -> list[Callable]:
             The images (gallery), a labelled grid, a Markdown summary, the seed, a zip export and the JSON record.
         """
         return matrix_outputs(endpoints.run("compare", dict(locals())))
+
+    return compare
+
+
+def _seed_sweep(endpoints: Endpoints) -> Callable:
+    active, side = endpoints.studio.active, endpoints.studio.default_side  # the page's defaults
 
     def seed_sweep(contestants: list[str], prompt: str, negative_prompt: str = "", images: Optional[list] = None,
                    width: int = side, height: int = side, steps: int = active.steps,
@@ -173,6 +194,12 @@ def _task_functions(endpoints: Endpoints) -> list[Callable]:
         """
         return matrix_outputs(endpoints.run("seed_sweep", dict(locals())))
 
+    return seed_sweep
+
+
+def _prompt_batch(endpoints: Endpoints) -> Callable:
+    active, side = endpoints.studio.active, endpoints.studio.default_side  # the page's defaults
+
     def prompt_batch(contestants: list[str], prompt_file: Any, negative_prompt: str = "", width: int = side,
                      height: int = side, steps: int = active.steps, guidance: float = active.guidance,
                      seed: int = 0, randomize_seed: bool = True, recommended_settings: bool = False,
@@ -196,4 +223,4 @@ def _task_functions(endpoints: Endpoints) -> list[Callable]:
         """
         return matrix_outputs(endpoints.run("prompt_batch", dict(locals())))
 
-    return [generate, edit, compare, seed_sweep, prompt_batch]
+    return prompt_batch
