@@ -3,7 +3,7 @@
 Run from the repository root: ``python assets/make_examples.py``. The pictures are simple flat shapes on plain
 backgrounds, in the spirit of the procedural shape world the DeepGen-nano models are trained on, drawn with PIL
 so the project makes every example it ships. ``examples.json`` lists the Generate prompts and the Edit examples
-(image files + instruction) that ``deepgen.studio.load_examples`` reads.
+(image files + instruction) that ``studio.inputs.load_examples`` reads.
 """
 
 from __future__ import annotations

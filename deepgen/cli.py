@@ -4,44 +4,17 @@
 from __future__ import annotations
 
 import argparse
-import json
-import os
 import sys
-import tempfile
 from pathlib import Path
 from typing import Optional, Sequence
 
 import torch
-from PIL import Image
-from PIL.PngImagePlugin import PngInfo
 
 from . import __name__ as package_name
 from .bench.cli import add_parser as add_bench_parser
 from .bench.cli import run as run_bench
 from .builtin import OFFICIAL_DIT, OFFICIAL_VLM, default_model_name, load_pipeline
-from .image_processing import load_image
-
-
-def png_metadata(settings: dict) -> PngInfo:
-    """PNG text chunks: one per setting, plus all of them as JSON under ``deepgen``."""
-    info = PngInfo()
-    for key, value in settings.items():
-        info.add_text(key, str(value))
-    info.add_text("deepgen", json.dumps(settings, sort_keys=True))
-    return info
-
-
-def save_png(image: Image.Image, path: Path, settings: dict) -> None:
-    """Write a lossless PNG with ``settings`` embedded, atomically (no half-written file on failure)."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(suffix=".png", dir=path.parent, prefix=f".{path.stem}.")
-    try:
-        with os.fdopen(fd, "wb") as handle:
-            image.save(handle, format="PNG", pnginfo=png_metadata(settings))
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
+from .image_processing import load_image, save_png
 
 
 def build_parser() -> argparse.ArgumentParser:

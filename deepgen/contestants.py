@@ -42,7 +42,7 @@ class Contestant:
         kind: ``deepgen`` (loaded with :func:`deepgen.builtin.load_pipeline`) or ``diffusers`` (a stock diffusers
             pipeline class).
         source: a built-in name (``tiny``, ``deepgen-nano``), a local folder or checkpoint file, or a hub repo id.
-        filename: for a native DeepGen checkpoint inside a hub repo, the file to download (e.g. ``RL/model.pt``).
+        filename: for a native DeepGen checkpoint inside a hub repo, the file to download (e.g. ``model.pt``).
         revision: hub revision (branch, tag or commit); recorded in every export.
         vlm, dit: base models for a native DeepGen checkpoint.
         pipeline_class: for ``diffusers``: the class in ``diffusers`` (e.g. ``StableDiffusion3Pipeline``).

@@ -1,8 +1,11 @@
-"""Image validation, conversion and sizing rules shared by the pipeline, the CLI and the app."""
+"""Image validation, conversion, sizing rules and lossless PNG output shared by the pipeline, the CLI and the app."""
 
 from __future__ import annotations
 
+import json
 import math
+import os
+import tempfile
 import warnings
 from pathlib import Path
 from typing import Union
@@ -11,6 +14,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 from PIL import Image
+from PIL.PngImagePlugin import PngInfo
 
 MAX_INPUT_PIXELS = 4096 * 4096  # larger uploads are refused before decoding (decompression bombs)
 MIN_INPUT_SIDE = 16
@@ -144,3 +148,25 @@ def vit_patches(
     x = x.permute(0, 3, 6, 4, 7, 2, 1, 5, 8)  # (1, gh/m, gw/m, m, m, C, t, p, p)
     patches = x.reshape(grid_h * grid_w, channels * temporal_patch_size * patch_size * patch_size)
     return patches, torch.tensor([[1, grid_h, grid_w]])
+
+
+def png_metadata(settings: dict) -> PngInfo:
+    """PNG text chunks: one per setting, plus all of them as JSON under ``deepgen``."""
+    info = PngInfo()
+    for key, value in settings.items():
+        info.add_text(key, str(value))
+    info.add_text("deepgen", json.dumps(settings, sort_keys=True))
+    return info
+
+
+def save_png(image: Image.Image, path: Path, settings: dict) -> None:
+    """Write a lossless PNG with ``settings`` embedded, atomically (no half-written file on failure)."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(suffix=".png", dir=path.parent, prefix=f".{path.stem}.")
+    try:
+        with os.fdopen(fd, "wb") as handle:
+            image.save(handle, format="PNG", pnginfo=png_metadata(settings))
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise

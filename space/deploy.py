@@ -33,7 +33,7 @@ BUNDLE_FILES = {
     "README.md": "space/README.md",
     "requirements.txt": "space/requirements.txt",
 }
-BUNDLE_DIRS = {"deepgen": "deepgen", "assets/examples": "assets/examples"}
+BUNDLE_DIRS = {"deepgen": "deepgen", "studio": "studio", "assets/examples": "assets/examples"}
 IGNORE = shutil.ignore_patterns("__pycache__", "*.pyc", "*.pyo", ".DS_Store", "*.egg-info")
 MARKER = ".deepgen-space-bundle"  # lets --out be rebuilt without deleting a folder we did not make
 # What ZeroGPU runs, from the Hub's ZeroGPU documentation (docs/hub/spaces-zerogpu.md, "Supported Versions", as read

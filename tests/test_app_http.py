@@ -1,5 +1,6 @@
-"""``python app.py`` on 127.0.0.1, driven over HTTP with ``gradio_client``: the three API endpoints, errors that
-read clearly and leave the server serving, and a bounded load test (20 concurrent clients).
+"""``python app.py`` on 127.0.0.1, driven over HTTP with ``gradio_client``: the API endpoints (in full, and with only
+their essential inputs), the MCP schema, errors that read clearly and leave the server serving, and a bounded load
+test (20 concurrent clients).
 
 The app runs the ``tiny`` preset offline; requests use 64x64 images and 1 step.
 """
@@ -137,6 +138,46 @@ def test_compare(client):
     assert "unavailable" in record["runs"][1]["error"] and "unavailable" in summary
 
 
+def test_shortest_calls_use_the_page_defaults(client, tmp_path):
+    """Only the essential inputs: everything else takes the value the page starts with."""
+    gallery, seed, info, export = client.predict("a red circle", api_name="/generate")
+    assert len(gallery) == 1 and isinstance(seed, int) and "4 steps" in info  # tiny's recommended steps
+    slider, gallery, seed, info, export = client.predict([handle_file(str(EXAMPLE))], "make it blue",
+                                                         api_name="/edit")
+    with Image.open(slider[1]) as after:
+        assert after.size == (256, 256)  # follows the source by default
+    contestants = ["tiny", "sd3.5-medium"]
+    *_, record = client.predict(contestants, "a red circle", api_name="/compare")
+    assert [run["contestant_id"] for run in record["runs"]] == contestants and record["runs"][0]["files"]
+    *_, record = client.predict(contestants, "a red circle", api_name="/seed_sweep")
+    assert len(record["runs"][0]["seeds"]) == 4  # the page's default sweep
+    prompts = tmp_path / "prompts.txt"
+    prompts.write_text("a red circle\na blue square\n", encoding="utf-8")
+    *_, record = client.predict(contestants, handle_file(str(prompts)), api_name="/prompt_batch")
+    assert [run["prompt"] for run in record["runs"][::2]] == ["a red circle", "a blue square"]
+
+
+def test_only_the_essential_inputs_are_required(client):
+    named = client.view_api(print_info=False, return_format="dict")["named_endpoints"]
+    required = {name: [p["parameter_name"] for p in named[name]["parameters"] if not p["parameter_has_default"]]
+                for name in ("/generate", "/edit", "/compare", "/seed_sweep", "/prompt_batch")}
+    assert required == {"/generate": ["prompt"], "/edit": ["images", "instruction"], "/compare": ["prompt"],
+                        "/seed_sweep": ["prompt"], "/prompt_batch": ["prompt_file"]}  # contestants: the page's
+
+
+def test_mcp_schema_lists_the_tools_with_argument_descriptions(server):
+    with urllib.request.urlopen(server.url + "gradio_api/mcp/schema", timeout=30) as response:
+        tools = {tool["name"]: tool for tool in json.loads(response.read())}
+    assert {"generate", "edit", "compare", "seed_sweep", "prompt_batch"} <= set(tools)
+    for name in ("generate", "edit", "compare", "seed_sweep", "prompt_batch"):
+        properties = tools[name]["inputSchema"]["properties"]
+        assert tools[name]["description"] and all(p.get("description") for p in properties.values()), name
+    generate = tools["generate"]["inputSchema"]
+    assert generate["required"] == ["prompt"] and "should not show" in generate["properties"]["negative_prompt"][
+        "description"]
+    assert "contestants.yaml" in tools["compare"]["inputSchema"]["properties"]["contestants"]["description"]
+
+
 @pytest.mark.parametrize("prompt, changes, message", [
     ("", {}, "prompt is empty"),
     ("ok", {"steps": 1000}, "greater than maximum"),
@@ -187,11 +228,12 @@ def test_out_of_memory_leaves_the_server_serving(tmp_path, monkeypatch):
 
     monkeypatch.syspath_prepend(str(REPO))
     import app
-    from deepgen import studio as st
+    from deepgen.contestants import LoadedModel
+    from studio.tasks import Studio
 
     monkeypatch.setenv("HF_HUB_OFFLINE", "1")
-    studio = st.Studio.create(model="tiny", device="cpu", output_root=tmp_path / "out")
-    real_run, calls = st.LoadedModel.run, []
+    studio = Studio.create(model="tiny", device="cpu", output_root=tmp_path / "out")
+    real_run, calls = LoadedModel.run, []
 
     def run_once_out_of_memory(self, *args, **kwargs):
         calls.append(1)
@@ -199,7 +241,7 @@ def test_out_of_memory_leaves_the_server_serving(tmp_path, monkeypatch):
             raise torch.cuda.OutOfMemoryError("CUDA out of memory. Tried to allocate 80.00 GiB")
         return real_run(self, *args, **kwargs)
 
-    monkeypatch.setattr(st.LoadedModel, "run", run_once_out_of_memory)
+    monkeypatch.setattr(LoadedModel, "run", run_once_out_of_memory)
     demo = app.build_demo(studio)
     demo.queue(max_size=8)
     port = free_port()

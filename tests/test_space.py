@@ -38,7 +38,7 @@ def bundle(tmp_path_factory) -> Path:
 
 def test_dry_run_builds_the_bundle(bundle):
     for name in ("app.py", "README.md", "requirements.txt", "contestants.yaml", "deepgen/__init__.py",
-                 "deepgen/studio.py", "deepgen/pipeline.py", "assets/examples/examples.json",
+                 "studio/tasks.py", "studio/ui/__init__.py", "deepgen/pipeline.py", "assets/examples/examples.json",
                  "assets/examples/red-circle.png"):
         assert (bundle / name).is_file(), name
     assert not list(bundle.rglob("__pycache__")) and not (bundle / "tests").exists()
@@ -107,8 +107,9 @@ def test_space_requirements_resolve_on_the_zerogpu_python(bundle, tmp_path):
 def test_the_bundled_app_builds_from_the_bundle_alone(bundle, tmp_path):
     """Import the bundle's app.py and construct its Blocks, with the bundle's own deepgen/ package."""
     code = (
-        "import sys, deepgen, app\n"
+        "import sys, deepgen, studio, app\n"
         "assert deepgen.__file__.startswith(sys.argv[1]), deepgen.__file__\n"
+        "assert studio.__file__.startswith(sys.argv[1]), studio.__file__\n"
         "studio = app.create_studio(app.build_parser().parse_args(['--model', 'tiny']))\n"
         "demo = app.build_demo(studio)\n"
         "import gradio\n"

@@ -154,7 +154,7 @@ class TrainConfig:
     ema: EMAConfig = field(default_factory=EMAConfig)
 
     # --- freeze/LoRA schedule (what a stage trains). The VAE is always frozen. ---
-    # Train the think tokens, the SCB projectors and the connector (``pipe.connector``): stages 1 and 2.
+    # Train the think tokens, the SCB projectors and the connector (``pipe.scb``): stages 1 and 2.
     train_connector: bool = True
     # Train every DiT weight (stage 2). Mutually exclusive with ``transformer_lora``.
     train_transformer: bool = False

@@ -1,0 +1,182 @@
+"""What users upload or pick: reference images, prompt lists, contestant selections, and the shipped examples.
+
+Everything here reads files Gradio has already saved; user text never becomes a path.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Optional
+
+from PIL import Image
+
+from deepgen.contestants import Contestant
+from deepgen.image_processing import check_image_size, load_image
+from deepgen.memory import format_bytes
+
+from . import EXAMPLES_DIR
+from .settings import (MAX_BATCH_PROMPTS, MAX_CONTESTANTS, MAX_PROMPT_CHARS, MAX_REFERENCE_IMAGES, MAX_SEED,
+                       MIN_CONTESTANTS, StudioInputError, is_whole)
+
+MAX_UPLOAD_BYTES = 20 * 1024 * 1024  # also given to Gradio as launch(max_file_size=...)
+MAX_PROMPT_FILE_BYTES = 64 * 1024
+IMAGE_FORMATS = ("PNG", "JPEG", "WEBP", "BMP", "GIF", "TIFF")
+PROMPT_FILE_SUFFIXES = (".txt", ".jsonl")
+
+
+def upload_path(item: Any) -> Optional[str]:
+    """A file path from what Gradio hands over for an upload (a path, or a dict/object with one)."""
+    if item is None:
+        return None
+    if isinstance(item, (str, Path)):
+        return str(item)
+    if isinstance(item, dict):
+        return item.get("path") or item.get("name")
+    return getattr(item, "path", None) or getattr(item, "name", None)
+
+
+def upload_paths(files: Any) -> list[str]:
+    """Normalise a File/Gallery value (None, one item or a list; gallery items are (path, caption)) to paths."""
+    if files is None:
+        return []
+    items = files if isinstance(files, (list, tuple)) else [files]
+    paths = []
+    for item in items:
+        if isinstance(item, (list, tuple)) and item:  # gallery (path, caption)
+            item = item[0]
+        path = upload_path(item)
+        if path:
+            paths.append(path)
+    return paths
+
+
+def reference_problems(files: Any, required: bool) -> Optional[str]:
+    """Why the uploaded reference images are not acceptable (count, size, not an image), or None.
+
+    Reads only image headers; full decoding (with decompression-bomb checks) happens in :func:`load_references`.
+    """
+    paths = upload_paths(files)
+    if not paths:
+        return "Upload at least one image to edit." if required else None
+    if len(paths) > MAX_REFERENCE_IMAGES:
+        return f"{len(paths)} images were uploaded; an edit takes at most {MAX_REFERENCE_IMAGES}."
+    for number, path in enumerate(paths, start=1):
+        try:
+            size = os.path.getsize(path)
+            if size > MAX_UPLOAD_BYTES:
+                return f"Image {number} is {format_bytes(size)}; the limit is {format_bytes(MAX_UPLOAD_BYTES)}."
+            with Image.open(path) as image:
+                if image.format not in IMAGE_FORMATS:
+                    return f"Image {number} is a {image.format} file; upload one of {', '.join(IMAGE_FORMATS)}."
+                check_image_size(image.size)
+        except ValueError as error:
+            return f"Image {number}: {error}"
+        except (OSError, SyntaxError):
+            return f"File {number} is not an image this app can read (use PNG, JPEG or WebP)."
+    return None
+
+
+def load_references(files: Any) -> list[Image.Image]:
+    """The uploaded reference images as RGB, after :func:`reference_problems` (raises with its message)."""
+    problem = reference_problems(files, required=False)
+    if problem:
+        raise StudioInputError(problem)
+    images = []
+    for number, path in enumerate(upload_paths(files), start=1):
+        try:
+            images.append(load_image(path))
+        except ValueError as error:
+            raise StudioInputError(f"Image {number} cannot be used: it is unreadable or too large.") from error
+    return images
+
+
+def contestant_problems(selected: Any, registry: dict[str, Contestant],
+                        minimum: int = MIN_CONTESTANTS) -> Optional[str]:
+    """Why a contestant selection is not acceptable (count, unknown ids, repeats), or None."""
+    ids = list(selected or [])
+    if not minimum <= len(ids) <= MAX_CONTESTANTS:
+        return f"Select {minimum} to {MAX_CONTESTANTS} contestants (got {len(ids)})."
+    unknown = [i for i in ids if i not in registry]
+    if unknown:
+        return f"Unknown contestants {unknown}; choose from {sorted(registry)}."
+    if len(set(ids)) != len(ids):
+        return "Each contestant may be selected once."
+    return None
+
+
+@dataclass
+class PromptItem:
+    """One line of a prompt list; its own negative prompt and seed override the shared ones."""
+
+    prompt: str
+    negative_prompt: Optional[str] = None
+    seed: Optional[int] = None
+
+
+def _prompt_lines(path: Any) -> tuple[str, list[str]]:
+    """(suffix, lines) of an uploaded prompt list, after checking its type, size and encoding."""
+    path = upload_path(path)
+    if not path:
+        raise StudioInputError("Upload a prompt list (.txt with one prompt a line, or .jsonl).")
+    suffix = Path(path).suffix.lower()
+    if suffix not in PROMPT_FILE_SUFFIXES:
+        raise StudioInputError(f"The prompt list must be a .txt or .jsonl file, got a {suffix or 'suffix-less'} file.")
+    if os.path.getsize(path) > MAX_PROMPT_FILE_BYTES:
+        raise StudioInputError(f"The prompt list is larger than {MAX_PROMPT_FILE_BYTES // 1024} KiB.")
+    try:
+        return suffix, Path(path).read_text(encoding="utf-8").splitlines()
+    except UnicodeDecodeError as error:
+        raise StudioInputError("The prompt list is not UTF-8 text.") from error
+
+
+def _jsonl_item(number: int, line: str) -> PromptItem:
+    try:
+        value = json.loads(line)
+    except json.JSONDecodeError as error:
+        raise StudioInputError(f"Line {number} of the prompt list is not valid JSON ({error.msg}).") from error
+    if isinstance(value, str):
+        value = {"prompt": value}
+    if not isinstance(value, dict) or not isinstance(value.get("prompt"), str):
+        raise StudioInputError(f'Line {number}: expected {{"prompt": "...", "negative_prompt": "...", "seed": 0}}.')
+    seed = value.get("seed")
+    if seed is not None and (not is_whole(seed) or not 0 <= int(seed) <= MAX_SEED):
+        raise StudioInputError(f"Line {number}: seed must be a whole number from 0 to {MAX_SEED}.")
+    negative = value.get("negative_prompt")
+    return PromptItem(value["prompt"], negative if isinstance(negative, str) else None,
+                      None if seed is None else int(seed))
+
+
+def parse_prompt_file(path: Any) -> list[PromptItem]:
+    """Read an uploaded prompt list: ``.txt`` (one prompt a line; blank and ``#`` lines skipped) or ``.jsonl``
+    (one JSON object a line with ``prompt`` and optional ``negative_prompt`` and ``seed``, or a JSON string)."""
+    suffix, lines = _prompt_lines(path)
+    items: list[PromptItem] = []
+    for number, line in enumerate(lines, start=1):
+        line = line.strip()
+        if not line or (suffix == ".txt" and line.startswith("#")):
+            continue
+        items.append(PromptItem(line) if suffix == ".txt" else _jsonl_item(number, line))
+    if not items:
+        raise StudioInputError("The prompt list has no prompts.")
+    if len(items) > MAX_BATCH_PROMPTS:
+        raise StudioInputError(f"The prompt list has {len(items)} prompts; the limit is {MAX_BATCH_PROMPTS}.")
+    for number, item in enumerate(items, start=1):
+        if not item.prompt.strip() or len(item.prompt) > MAX_PROMPT_CHARS:
+            raise StudioInputError(f"Prompt {number} is empty or longer than {MAX_PROMPT_CHARS} characters.")
+    return items
+
+
+def load_examples(folder: Path = EXAMPLES_DIR) -> tuple[list[str], list[tuple[list[str], str]]]:
+    """Generate prompts and Edit examples ((image paths, instruction) pairs) from ``examples.json`` written by
+    ``assets/make_examples.py``; empty lists when the folder is absent."""
+    index = Path(folder) / "examples.json"
+    if not index.is_file():
+        return [], []
+    data = json.loads(index.read_text(encoding="utf-8"))
+    folder = Path(folder)
+    edits = [([str(folder / name) for name in item["images"]], item["instruction"]) for item in data.get("edit", [])
+             if all((folder / name).is_file() for name in item["images"])]
+    return list(data.get("generate", [])), edits
