@@ -19,10 +19,12 @@ import logging
 import os
 import signal
 import sys
+from pathlib import Path
 from typing import Optional, Sequence
 
 import gradio as gr
 
+from deepgen.bench.browse import ROOT_ENV, bench_root
 from deepgen.builtin import OFFICIAL_DIT, OFFICIAL_VLM
 from studio import DEFAULT_REGISTRY, EXAMPLES_DIR
 from studio.inputs import MAX_UPLOAD_BYTES
@@ -46,6 +48,9 @@ def build_parser() -> argparse.ArgumentParser:
                         help="base DiT/VAE/scheduler for a native checkpoint")
     parser.add_argument("--registry", default=os.environ.get("DEEPGEN_REGISTRY", str(DEFAULT_REGISTRY)),
                         help="contestants file for the Compare tab")
+    parser.add_argument("--bench-root", type=Path, default=bench_root(),
+                        help="folder whose `python -m deepgen bench` runs the Compare tab can browse "
+                             f"(default: ${ROOT_ENV})")
     parser.add_argument("--device", default=None, help="cuda or cpu (default: cuda when available)")
     parser.add_argument("--host", default=os.environ.get("GRADIO_SERVER_NAME", "127.0.0.1"))
     parser.add_argument("--port", type=int, default=int(os.environ.get("GRADIO_SERVER_PORT", "7860")))
@@ -65,9 +70,12 @@ def create_studio(args: argparse.Namespace) -> Studio:
 
 def main(argv: Optional[Sequence[str]] = None) -> None:
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
-    args = build_parser().parse_args(argv)
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    if args.bench_root is not None and not args.bench_root.is_dir():
+        parser.error(f"--bench-root {args.bench_root} is not a folder.")
     studio = create_studio(args)
-    demo = build_demo(studio, cache_examples=args.cache_examples)
+    demo = build_demo(studio, cache_examples=args.cache_examples, bench_root=args.bench_root)
     demo.queue(max_size=args.queue_size, default_concurrency_limit=1)
     signal.signal(signal.SIGTERM, lambda signum, frame: sys.exit(0))  # `kill` also runs the clean-up below
     try:

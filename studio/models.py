@@ -124,6 +124,10 @@ class ModelManager:
         if c.source in RANDOM_PRESETS:
             text += (" ⚠️ This is the random-weight test preset: its images are noise. Start the app with "
                      "`--model` or `DEEPGEN_MODEL` to serve a trained DeepGen model.")
+        provenance = getattr(model.pipe, "provenance", None)  # DeepGen pipelines say which weights they hold
+        if provenance is not None:
+            text += f" VLM weights: {provenance.vlm}."
+            text += "".join(f" ⚠️ {note}" for note in provenance.notes)
         return text
 
     def choices(self) -> list[tuple[str, str]]:

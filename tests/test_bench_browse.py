@@ -86,3 +86,36 @@ def test_export_writes_grid_view_and_zip(runs_root, tmp_path):
     assert view["items"][1]["outputs"] == {"imgedit/tiny-a": ["90002.png"], "imgedit/tiny-b": [None]}
     with Image.open(tmp_path / "export" / "benchmark-runs-grid.png") as grid:
         assert grid.width == 3 * 192  # source + one image per run
+
+
+def test_the_compare_view_shows_two_runs_side_by_side_and_exports(runs_root, tmp_path):
+    from studio.ui.benchmark_runs import run_choices, show_runs
+
+    class FakeStudio:
+        output_root, output_ttl_s = tmp_path, 3600.0
+
+    keys = [key for _, key in run_choices(runs_root) if key.startswith("imgedit/")]
+    grid, prompts, export = show_runs(FakeStudio(), runs_root, keys, "", 1)
+    assert grid.width > 0 and "tiny-a" in prompts and "tiny-b" in prompts
+    with zipfile.ZipFile(export) as archive:
+        assert {"view.json", "benchmark-runs-grid.png"} <= set(archive.namelist())
+
+
+@pytest.mark.parametrize("keys, page, message", [
+    (["imgedit/tiny-a"], 1, "Pick 2 to 4"),
+    (["imgedit/tiny-a", "../../etc"], 1, "Unknown run"),
+    (["imgedit/tiny-a", "dpg/tiny"], 1, "different benchmarks"),
+    (["imgedit/tiny-a", "imgedit/tiny-b"], 0.5, "whole number"),
+])
+def test_the_compare_view_refuses_what_is_not_a_listed_pair_of_runs(runs_root, tmp_path, keys, page, message):
+    import gradio as gr
+
+    from studio.ui.benchmark_runs import show_runs
+
+    class FakeStudio:
+        output_root, output_ttl_s = tmp_path, 3600.0
+
+    with pytest.raises(gr.Error, match=message):
+        show_runs(FakeStudio(), runs_root, keys, "", page)
+    with pytest.raises(gr.Error, match="No benchmark root"):
+        show_runs(FakeStudio(), None, keys, "", 1)

@@ -74,6 +74,7 @@ def test_unavailable_contestants_are_reported_not_fatal(studio):
 def test_banner_names_the_running_model(studio):
     banner = studio.model_banner()
     assert "tiny A" in banner and "`tiny`" in banner and "cpu" in banner and "random-weight" in banner
+    assert "VLM weights:" in banner  # which VLM weights run (release, base, random) is always said
 
 
 def test_unknown_model_becomes_the_running_contestant(tmp_path):

@@ -16,12 +16,8 @@ from typing import Any, Callable, Iterator, Optional, Sequence, Union
 
 from PIL import Image
 
-# The default negative prompt of the authors' four edit scripts (their ``--cfg_prompt``), verbatim.
-EDIT_NEGATIVE_PROMPT = (
-    "blurry, low quality, low resolution, distorted, deformed, broken content, missing parts, damaged details, "
-    "artifacts, glitch, noise, pixelated, grainy, compression artifacts, bad composition, wrong proportion, "
-    "incomplete editing, unfinished, unedited areas."
-)
+from ..pipeline import EDIT_NEGATIVE_PROMPT  # noqa: F401  (the edit benchmarks' default; re-exported)
+
 PARTIAL_SUFFIX = ".deepgen-partial"  # temp files; a rerun deletes leftovers of a killed job
 
 

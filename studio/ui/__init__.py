@@ -5,6 +5,7 @@ functions of :mod:`.endpoints`. API names are stable: ``/generate``, ``/edit``, 
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Optional
 
 import gradio as gr
 
@@ -17,8 +18,10 @@ from .endpoints import Endpoints
 from .generate import build_generate_tab
 
 
-def build_demo(studio: Studio, cache_examples: bool = False, examples_dir: Path = EXAMPLES_DIR) -> gr.Blocks:
-    """The Blocks app for ``studio``. ``cache_examples`` caches example outputs lazily (on first click)."""
+def build_demo(studio: Studio, cache_examples: bool = False, examples_dir: Path = EXAMPLES_DIR,
+               bench_root: Optional[Path] = None) -> gr.Blocks:
+    """The Blocks app for ``studio``. ``cache_examples`` caches example outputs lazily (on first click);
+    ``bench_root`` is the folder whose benchmark runs Compare can browse (None: not offered)."""
     prompts, edit_examples = load_examples(examples_dir)
     endpoints = Endpoints(studio)
     with gr.Blocks(title="DeepGen Studio", delete_cache=(1800, 3600)) as demo:
@@ -27,7 +30,7 @@ def build_demo(studio: Studio, cache_examples: bool = False, examples_dir: Path 
         with gr.Tabs() as tabs:
             generate = build_generate_tab(studio, endpoints, prompts, cache_examples)
             edit = build_edit_tab(studio, endpoints, edit_examples, cache_examples)
-            build_compare_tab(studio, endpoints)
+            build_compare_tab(studio, endpoints, bench_root)
         generate["send"].click(lambda gallery, index: (first_image(gallery, index), gr.Tabs(selected="edit")),
                                [generate["gallery"], generate["selected"]], [edit["images"], tabs], queue=False,
                                api_visibility="private")

@@ -2,11 +2,15 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+from typing import Optional
+
 import gradio as gr
 
 from ..inputs import PROMPT_FILE_SUFFIXES
 from ..settings import MAX_CONTESTANTS, MAX_PROMPT_CHARS, MAX_SWEEP_SEEDS, MIN_CONTESTANTS
 from ..tasks import Studio
+from .benchmark_runs import build_benchmark_runs
 from .controls import Components, negative_prompt_box, settings_controls, wire_task
 from .endpoints import Endpoints
 
@@ -27,8 +31,9 @@ def _task_buttons() -> tuple[Components, dict[str, gr.Button]]:
                                                                     prompt_batch=batch)
 
 
-def build_compare_tab(studio: Studio, endpoints: Endpoints) -> Components:
-    """Lay out and wire the tab (``/compare``, ``/seed_sweep`` and ``/prompt_batch``); returns its components."""
+def build_compare_tab(studio: Studio, endpoints: Endpoints, bench_root: Optional[Path] = None) -> Components:
+    """Lay out and wire the tab (``/compare``, ``/seed_sweep`` and ``/prompt_batch``, and the page-only
+    "Benchmark runs" view of ``bench_root``); returns its components."""
     with gr.Tab("Compare", id="compare"):
         with gr.Accordion("Contestants (edit contestants.yaml to change them)", open=False):
             gr.Markdown(studio.contestants_table(), elem_id="contestants-table")
@@ -57,6 +62,7 @@ def build_compare_tab(studio: Studio, endpoints: Endpoints) -> Components:
                     gr.File(label="Export: PNGs + JSON record (.zip)", interactive=False)]
                 with gr.Accordion("JSON record", open=False):
                     outputs.append(gr.JSON(label="Record"))
+        build_benchmark_runs(studio, bench_root)
     for task, button in buttons.items():
         wire_task(button.click, endpoints, task, c, outputs, task)
     return c

@@ -6,11 +6,17 @@ from pathlib import Path
 
 import gradio as gr
 
+from deepgen.pipeline import EDIT_NEGATIVE_PROMPT
+
 from ..inputs import upload_paths
 from ..settings import MAX_IMAGES, MAX_PROMPT_CHARS, MAX_REFERENCE_IMAGES
 from ..tasks import Studio
 from .controls import Components, negative_prompt_box, selected_index, settings_controls, wire_task
 from .endpoints import Endpoints
+
+
+# Edit-tab negative prompts: the authors' default (empty) and the one their editing-benchmark scripts use.
+NEGATIVE_PRESETS = {"None (the authors' default)": "", "Editing benchmarks (authors)": EDIT_NEGATIVE_PROMPT}
 
 
 def first_image(gallery: list, index: int) -> list[str]:
@@ -34,8 +40,10 @@ def build_edit_tab(studio: Studio, endpoints: Endpoints, examples: list[tuple[li
                                      elem_id="edit-preview")
                 c.update(instruction=gr.Textbox(label="Instruction", lines=2, max_length=MAX_PROMPT_CHARS,
                                                 placeholder="make the circle blue", elem_id="edit-instruction"),
-                         negative_prompt=negative_prompt_box(),
-                         follow_source=gr.Checkbox(True, label="Output size follows the (first) source image"),
+                         negative_prompt=negative_prompt_box())
+                preset = gr.Dropdown(list(NEGATIVE_PRESETS), value=None, label="Negative prompt preset",
+                                     elem_id="edit-negative-preset")
+                c.update(follow_source=gr.Checkbox(True, label="Output size follows the (first) source image"),
                          num_images=gr.Slider(1, MAX_IMAGES, value=1, step=1, label="Images"))
                 button = gr.Button("Edit", variant="primary", elem_id="edit-button")
                 c.update(settings_controls(studio, "edit", size_interactive=False))
@@ -62,6 +70,7 @@ def build_edit_tab(studio: Studio, endpoints: Endpoints, examples: list[tuple[li
     c["images"].change(upload_paths, c["images"], preview, queue=False, api_visibility="private")
     c["follow_source"].change(lambda follow: [gr.update(interactive=not follow)] * 3, c["follow_source"],
                               [c["aspect"], c["width"], c["height"]], queue=False, api_visibility="private")
+    preset.input(NEGATIVE_PRESETS.get, preset, c["negative_prompt"], queue=False, api_visibility="private")
     gallery.select(selected_index, None, selected, queue=False, api_visibility="private")
     again.click(first_image, [gallery, selected], c["images"], queue=False, api_visibility="private")
     return c
