@@ -4,6 +4,12 @@ The authors' stage-2 setting puts LoRA (r 64, alpha 128) on *every* ``nn.Linear`
 Qwen2.5-VL (language model, ``lm_head``, ViT blocks and merger; not the Conv3d patch embedding). We inject with
 peft directly (``inject_adapter_in_model``), which keeps module names unchanged, so adapter keys read
 ``model.language_model.layers.0.self_attn.q_proj.lora_A.default.weight`` exactly as in their checkpoints.
+
+Adapters are saved in peft's own folder format (``adapter_config.json`` + ``adapter_model.safetensors``, written
+with peft's ``get_peft_model_state_dict``); transformers' ``model.load_adapter(folder)`` reads a saved VLM adapter
+as is (tested). Wrapping the VLM in a ``PeftModel`` to use ``PeftModel.save_pretrained`` would prefix every name
+with ``base_model.model.`` and break that key match, so :func:`load_lora` stays ours: unlike ``load_adapter`` it
+refuses an adapter with unused or missing tensors instead of warning.
 """
 
 from __future__ import annotations

@@ -134,6 +134,18 @@ def test_vlm_lora_save_load_round_trip(tmp_path):
     assert_pair_close(vlm_conditions(fresh), vlm_conditions(pipe), atol=0)
 
 
+def test_a_saved_vlm_adapter_loads_identically_through_transformers_own_load_adapter(tmp_path):
+    """Our adapter folders are peft's format with model-relative keys (as in the authors' checkpoints), so the
+    library's own loader reads them too: a user needs no deepgen code to apply a DeepGen VLM adapter."""
+    pipe = _tiny()
+    add_lora(pipe.vlm, rank=4, alpha=8)
+    _perturb(pipe.vlm)
+    save_lora(pipe.vlm, tmp_path / "adapter")
+    fresh = _tiny()
+    fresh.vlm.load_adapter(str(tmp_path / "adapter"))
+    assert_pair_close(vlm_conditions(fresh), vlm_conditions(pipe), atol=0)
+
+
 def test_load_lora_refuses_tensors_that_do_not_fit(tmp_path):
     pipe = _tiny()
     add_lora(pipe.vlm, rank=4, alpha=8)
