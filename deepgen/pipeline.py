@@ -38,6 +38,12 @@ class DeepGenPipelineOutput(BaseOutput):
     images: Union[list[Image.Image], np.ndarray, torch.Tensor]
 
 
+def classifier_free_guidance(velocity_cond: torch.Tensor, velocity_uncond: torch.Tensor,
+                             guidance_scale: float) -> torch.Tensor:
+    """CFG on the velocity: uncond + scale * (cond - uncond) (the authors' formula)."""
+    return velocity_uncond + guidance_scale * (velocity_cond - velocity_uncond)
+
+
 def default_dtype(device: Union[str, torch.device]) -> torch.dtype:
     """bf16 on CUDA (what the model was trained in), fp32 elsewhere (CPU bf16 kernels are slow and less exact)."""
     return torch.bfloat16 if torch.device(device).type == "cuda" else torch.float32

@@ -49,13 +49,13 @@ def test_overrides():
         "optim.lr=3e-4",                      # YAML "3e-4" (no dot) is a string; floats accept it
         "optim.betas=[0.8, 0.9]",
         "vlm_lora.rank=8",                    # null section -> created from defaults
-        "data.sources.0.world_samples=5",     # list item by index
+        "data.sources.0.weight=5",            # list item by index
         "ema.enabled=true",
         "resume=null",
     ])
     assert config.optim.lr == 3e-4 and config.optim.betas == (0.8, 0.9)
     assert config.vlm_lora == LoraSpec(rank=8)
-    assert config.data.sources[0].world_samples == 5 and config.ema.enabled and config.resume is None
+    assert config.data.sources[0].weight == 5.0 and config.ema.enabled and config.resume is None
     replaced = load_config(None, ["data.sources=[{format: parquet, path: a.parquet}, {path: b.tar, weight: 2}]"])
     assert [s.path for s in replaced.data.sources] == ["a.parquet", "b.tar"]
     assert replaced.data.sources[1].weight == 2.0

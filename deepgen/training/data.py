@@ -1,9 +1,9 @@
 """Training data for stages 1 and 2: text-to-image pairs and edit triplets through 🤗 ``datasets``.
 
 Sources (:class:`~deepgen.training.config.DataSourceConfig`) are parquet files, imagefolders (images +
-``metadata.jsonl``; an edit's source is the ``source_image_file_name`` column), webdataset ``.tar`` shards, hub
-datasets (optionally streamed) or the procedural shape world. A row with a source image is an edit triplet
-(source, instruction, target), otherwise a text-to-image pair.
+``metadata.jsonl``; an edit's source is the ``source_image_file_name`` column), webdataset ``.tar`` shards or hub
+datasets (optionally streamed). A row with a source image is an edit triplet (source, instruction, target),
+otherwise a text-to-image pair.
 
 Preprocessing follows the authors: every image is resized (short side) and centre-cropped to a fixed square
 ``resolution``, an edit's source to the same size as its target, pixels scaled to [-1, 1]. Bad rows (an image
@@ -25,7 +25,6 @@ import os
 import random
 from collections import Counter
 from dataclasses import dataclass
-from pathlib import Path
 from typing import Any, Iterator, Optional, Sequence, Union
 
 import datasets
@@ -35,6 +34,7 @@ from PIL import Image
 from ..image_processing import pil_to_tensor
 from .config import DataConfig, DataSourceConfig
 from .flow_matching import drop_captions
+from .seeding import step_seed
 
 logger = logging.getLogger(__name__)
 
@@ -191,22 +191,15 @@ def resolve_format(source: DataSourceConfig) -> str:
     return "hub"
 
 
-def load_source(source: DataSourceConfig, resolution: int, cache_dir: Optional[str] = None) -> AnyDataset:
+def load_source(source: DataSourceConfig, cache_dir: Optional[str] = None) -> AnyDataset:
     """Load one source as a ``datasets`` Dataset (or IterableDataset when streaming), image columns undecoded.
 
     Images stay encoded (``Image(decode=False)``) so that a corrupt file becomes a counted bad record when the row
     is read instead of an exception inside ``datasets``.
     """
     fmt = resolve_format(source)
-    if fmt == "world":
-        from .. import world
-
-        capabilities = source.world_capabilities or world.CAPABILITIES
-        samples = world.dataset(source.path, source.world_samples, seed=source.world_seed, capabilities=capabilities)
-        dataset: AnyDataset = datasets.Dataset.from_list(world.to_records(samples, size=resolution))
-        if source.streaming:
-            dataset = dataset.to_iterable_dataset()
-    elif fmt == "parquet":
+    dataset: AnyDataset
+    if fmt == "parquet":
         dataset = datasets.load_dataset("parquet", data_files=_data_files(source.path, ".parquet"), split="train",
                                         streaming=source.streaming, cache_dir=cache_dir)
     elif fmt == "webdataset":
@@ -378,8 +371,7 @@ class MixedBatchStream:
             if len(self.pending[kind]) == self.batch_size:
                 batch = collate(self.pending[kind])
                 self.pending[kind] = []
-                batch_seed = ((self.seed * 1_000_003 + self.rank) * 1_000_003 + self.batches_emitted) % 2**63
-                generator = torch.Generator().manual_seed(batch_seed)
+                generator = torch.Generator().manual_seed(step_seed(self.seed, self.rank, self.batches_emitted))
                 batch.prompts = drop_captions(batch.prompts, self.caption_dropout, generator)
                 self.batches_emitted += 1
                 self.stats[f"batches_{kind}"] += 1
@@ -414,18 +406,10 @@ class MixedBatchStream:
 def build_stream(config: DataConfig, batch_size: int, seed: int = 0, rank: int = 0,
                  world_size: int = 1) -> MixedBatchStream:
     """Load every source of ``config`` and mix them into one :class:`MixedBatchStream`."""
-    loaded = [load_source(source, config.resolution, config.cache_dir) for source in config.sources]
+    if not config.sources:
+        raise ValueError("data.sources is not set; give the datasets to train on, e.g. data.sources=[{format: "
+                         "parquet, path: data/train}] (parquet, imagefolder, webdataset shards or a hub dataset).")
+    loaded = [load_source(source, config.cache_dir) for source in config.sources]
     return MixedBatchStream(loaded, config.sources, config.resolution, batch_size, config.caption_dropout,
                             seed=seed, rank=rank, world_size=world_size, shuffle_buffer=config.shuffle_buffer)
 
-
-def write_world_parquet(path: Union[str, Path], split: str = "train", n: int = 64, seed: int = 0,
-                        size: int = 64, capabilities: Optional[Sequence[str]] = None) -> Path:
-    """Render ``n`` shape-world samples to a parquet file usable as a ``format: parquet`` source."""
-    from .. import world
-
-    samples = world.dataset(split, n, seed=seed, capabilities=capabilities or world.CAPABILITIES)
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    datasets.Dataset.from_list(world.to_records(samples, size=size)).to_parquet(str(path))
-    return path

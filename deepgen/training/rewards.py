@@ -1,13 +1,16 @@
 """Rewards for MR-GRPO, all behind one interface: ``reward(images, prompts, metadata) -> (N,) float tensor``.
 
-As in flow_grpo, rewards are plain callables combined by weights from the config (:class:`MixedReward`).
-Provided: CLIP text-image similarity, OCR accuracy, a VLM judge on any OpenAI-compatible endpoint (the authors
-serve UnifiedReward-Think this way), and ShapeEval scores for DeepGen-nano's shape world.
+As in flow_grpo, rewards are plain callables combined by weights from the config (:class:`MixedReward`). The
+config names them; a name maps to a factory registered with :func:`register_reward`. Registered here: ``clip``
+(CLIP text-image similarity), ``ocr`` (PaddleOCR accuracy) and ``vlm_judge`` (a VLM judge on any
+OpenAI-compatible endpoint; the authors serve UnifiedReward-Think this way). A project registers its own on
+import: DeepGen-nano's shape world adds ``shapeeval``, ``glyph`` and ``glyph_iou`` (:mod:`deepgen.nano.rewards`).
 """
 
 from __future__ import annotations
 
 import base64
+import inspect
 import io
 import json
 import logging
@@ -22,7 +25,7 @@ import torch
 from PIL import Image
 
 if TYPE_CHECKING:
-    from .grpo_config import RewardsConfig
+    from .grpo_config import RewardSpec
     from .prompts import Prompt
 
 logger = logging.getLogger(__name__)
@@ -35,24 +38,10 @@ class Reward(Protocol):
                  metadata: Sequence[Mapping[str, Any]]) -> torch.Tensor: ...
 
 
-def _check_batch(images: Sequence[Any], prompts: Sequence[str], metadata: Sequence[Any]) -> None:
+def check_batch(images: Sequence[Any], prompts: Sequence[str], metadata: Sequence[Any]) -> None:
     if not len(images) == len(prompts) == len(metadata):
         raise ValueError(f"A reward needs as many prompts and metadata as images; got {len(images)} images, "
                          f"{len(prompts)} prompts, {len(metadata)} metadata.")
-
-
-class ShapeEvalReward:
-    """ShapeEval's ``overall`` score (or one criterion) against each sample's world metadata (nano)."""
-
-    def __init__(self, criterion: str = "overall"):
-        self.criterion = criterion
-
-    def __call__(self, images, prompts, metadata) -> torch.Tensor:
-        from ..shapeeval import evaluate
-
-        _check_batch(images, prompts, metadata)
-        return torch.tensor([evaluate(img, meta).get(self.criterion, 0.0) for img, meta in zip(images, metadata)],
-                            dtype=torch.float32)
 
 
 class CLIPReward:
@@ -68,7 +57,7 @@ class CLIPReward:
 
     @torch.no_grad()
     def __call__(self, images, prompts, metadata) -> torch.Tensor:
-        _check_batch(images, prompts, metadata)
+        check_batch(images, prompts, metadata)
         inputs = self.processor(text=list(prompts), images=list(images), return_tensors="pt", padding=True,
                                 truncation=True).to(self.device)
         image_emb = _projected(self.model.get_image_features(pixel_values=inputs["pixel_values"]))
@@ -105,41 +94,20 @@ class OCRReward:
     """Text-rendering accuracy: ``edit_similarity(expected, recognize(image))``.
 
     The expected text is ``metadata["text"]`` when present, else the quoted text of the prompt. ``recognize`` is
-    any ``fn(PIL image) -> str`` OCR engine (PaddleOCR, Tesseract, a VLM …); for the shape world use
-    :func:`glyph_recognizer`.
+    any ``fn(PIL image) -> str`` OCR engine (PaddleOCR, Tesseract, a VLM …); the shape world's is
+    :func:`deepgen.nano.rewards.glyph_recognizer`.
     """
 
     def __init__(self, recognize: Callable[[Image.Image], str]):
         self.recognize = recognize
 
     def __call__(self, images, prompts, metadata) -> torch.Tensor:
-        _check_batch(images, prompts, metadata)
+        check_batch(images, prompts, metadata)
         scores = []
         for image, prompt, meta in zip(images, prompts, metadata):
             expected = str(meta.get("text") or meta.get("glyph") or quoted_text(prompt))
             scores.append(edit_similarity(expected, self.recognize(image)))
         return torch.tensor(scores, dtype=torch.float32)
-
-
-class GlyphIoUReward:
-    """Dense text reward for the shape world: :func:`deepgen.shapeeval.glyph_iou` of the image with the glyph the
-    prompt asks for (``metadata["glyph"]``; 0 without one). Unlike OCR's right-or-wrong reading it separates
-    near misses from blobs, so a group of images that are all misread still has a reward spread to learn from."""
-
-    def __call__(self, images, prompts, metadata) -> torch.Tensor:
-        from ..shapeeval import glyph_iou
-
-        _check_batch(images, prompts, metadata)
-        return torch.tensor([glyph_iou(image, meta["glyph"]) if meta.get("glyph") else 0.0
-                             for image, meta in zip(images, metadata)], dtype=torch.float32)
-
-
-def glyph_recognizer(image: Image.Image) -> str:
-    """ShapeEval's template matcher as an OCR engine for the world's single digits and letters."""
-    from ..shapeeval import read_glyph
-
-    reading = read_glyph(image)
-    return reading.glyph if reading is not None else ""
 
 
 class VLMJudgeError(RuntimeError):
@@ -215,7 +183,7 @@ class VLMJudgeReward:
                             "Is the server running and serving the model named in the config?")
 
     def __call__(self, images, prompts, metadata) -> torch.Tensor:
-        _check_batch(images, prompts, metadata)
+        check_batch(images, prompts, metadata)
         return torch.tensor([self.score(img, p) for img, p in zip(images, prompts)], dtype=torch.float32)
 
 
@@ -234,19 +202,44 @@ class MixedReward:
 
     def components(self, images, prompts, metadata) -> dict[str, torch.Tensor]:
         """Each reward's (N,) scores after per-sample weights."""
-        _check_batch(images, prompts, metadata)
-        out = {}
-        for name, reward in self.rewards.items():
-            scale = torch.tensor([float(m.get("reward_weights", {}).get(name, 1.0)) for m in metadata])
-            out[name] = reward(images, prompts, metadata).float() * scale
-        return out
+        check_batch(images, prompts, metadata)
+        scales = sample_reward_weights(metadata, list(self.rewards))  # (N, K)
+        return {name: reward(images, prompts, metadata).float() * scales[:, k]
+                for k, (name, reward) in enumerate(self.rewards.items())}
 
     def __call__(self, images, prompts, metadata) -> torch.Tensor:
         parts = self.components(images, prompts, metadata)
         return sum(self.weights[name] * value for name, value in parts.items())
 
 
-# --- building the configured mixture ------------------------------------------------------------------------
+def sample_reward_weights(metadata: Sequence[Mapping[str, Any]], names: Sequence[str]) -> torch.Tensor:
+    """(N, K) per-sample weights: ``metadata[i]["reward_weights"][names[k]]``, 1.0 where not given."""
+    return torch.tensor([[float(m.get("reward_weights", {}).get(name, 1.0)) for name in names] for m in metadata],
+                        dtype=torch.float32).reshape(len(metadata), len(names))
+
+
+# --- the registry and the configured mixture ------------------------------------------------------------------
+
+# ``factory(device, **options) -> Reward``, by the name the config uses (``grpo.rewards.<name>``).
+RewardFactory = Callable[..., Reward]
+REWARDS: dict[str, RewardFactory] = {}
+
+
+def register_reward(name: str) -> Callable[[RewardFactory], RewardFactory]:
+    """Decorator: make ``factory(device, **options) -> Reward`` available as ``grpo.rewards.<name>``."""
+
+    def register(factory: RewardFactory) -> RewardFactory:
+        if REWARDS.get(name, factory) is not factory:
+            raise ValueError(f"A reward named {name!r} is already registered ({REWARDS[name]}).")
+        REWARDS[name] = factory
+        return factory
+
+    return register
+
+
+@register_reward("clip")
+def clip_reward(device: torch.device, model_id: str = "openai/clip-vit-large-patch14") -> CLIPReward:
+    return CLIPReward(model_id, device=str(device))
 
 
 def paddleocr_recognizer():
@@ -255,8 +248,8 @@ def paddleocr_recognizer():
         import numpy as np
         from paddleocr import PaddleOCR
     except ImportError as error:
-        raise ImportError("grpo.rewards.ocr.engine=paddleocr needs `pip install paddleocr paddlepaddle` "
-                          "(or use engine=glyph for the shape world).") from error
+        raise ImportError("grpo.rewards.ocr needs `pip install paddleocr paddlepaddle` (or, for the shape world, "
+                          "the glyph reward of deepgen.nano).") from error
     engine = PaddleOCR(use_angle_cls=False, lang="en", show_log=False)
 
     def recognize(image: Image.Image) -> str:
@@ -266,34 +259,52 @@ def paddleocr_recognizer():
     return recognize
 
 
-def build_rewards(config: RewardsConfig, device: torch.device) -> MixedReward:
-    """The configured rewards behind one interface, with their weights."""
+@register_reward("ocr")
+def ocr_reward(device: torch.device) -> OCRReward:
+    return OCRReward(paddleocr_recognizer())
+
+
+@register_reward("vlm_judge")
+def vlm_judge_reward(device: torch.device, base_url: str = "http://127.0.0.1:8000/v1",
+                     model: str = "UnifiedReward-Think-qwen-7b", api_key_env: Optional[str] = None,
+                     timeout: float = 60.0, retries: int = 2) -> VLMJudgeReward:
+    """The judge behind ``base_url``; ``api_key_env`` names the environment variable holding its key (keys never
+    go into configs)."""
+    api_key = os.environ.get(api_key_env) if api_key_env else None
+    if api_key_env and not api_key:
+        raise ValueError(f"grpo.rewards.vlm_judge.options.api_key_env names ${api_key_env}, which is not set.")
+    return VLMJudgeReward(base_url, model, api_key, timeout, retries)
+
+
+def build_rewards(config: Mapping[str, Optional[RewardSpec]], device: torch.device) -> MixedReward:
+    """The configured rewards (``grpo.rewards``: name -> :class:`RewardSpec`, null = off) with their weights."""
     rewards, weights = {}, {}
-    if config.shapeeval is not None:
-        rewards["shapeeval"] = ShapeEvalReward(config.shapeeval.criterion)
-        weights["shapeeval"] = config.shapeeval.weight
-    if config.ocr is not None:
-        if config.ocr.engine == "glyph_iou":
-            rewards["ocr"] = GlyphIoUReward()
-        else:
-            rewards["ocr"] = OCRReward(glyph_recognizer if config.ocr.engine == "glyph" else paddleocr_recognizer())
-        weights["ocr"] = config.ocr.weight
-    if config.clip is not None:
-        rewards["clip"], weights["clip"] = CLIPReward(config.clip.model_id, device=str(device)), config.clip.weight
-    if config.vlm_judge is not None:
-        judge = config.vlm_judge
-        api_key = os.environ.get(judge.api_key_env) if judge.api_key_env else None
-        if judge.api_key_env and not api_key:
-            raise ValueError(f"grpo.rewards.vlm_judge.api_key_env names ${judge.api_key_env}, which is not set.")
-        rewards["vlm_judge"] = VLMJudgeReward(judge.base_url, judge.model, api_key, judge.timeout, judge.retries)
-        weights["vlm_judge"] = judge.weight
+    for name, spec in config.items():
+        if spec is None:
+            continue
+        factory = REWARDS.get(name)
+        if factory is None:
+            raise ValueError(f"Unknown reward {name!r} in grpo.rewards; registered: {sorted(REWARDS)}. A project's "
+                             "own rewards register on import (the shape world's: import deepgen.nano).")
+        try:
+            inspect.signature(factory).bind(device, **spec.options)
+        except TypeError as error:
+            raise ValueError(f"grpo.rewards.{name}.options={spec.options} do not fit {name!r}: {error}; it takes "
+                             f"{inspect.signature(factory)}.") from None
+        rewards[name], weights[name] = factory(device, **spec.options), spec.weight
     return MixedReward(rewards, weights)
 
 
-def reward_metadata(prompt: Prompt, config: RewardsConfig) -> dict[str, Any]:
-    """The prompt's metadata, with OCR switched off (weight 0) on prompts that ask for no text."""
+def wants_text(prompt: Prompt) -> bool:
+    """Whether a prompt asks for rendered text: metadata "text"/"glyph", or a quote in the prompt."""
+    return bool(prompt.metadata.get("text") or prompt.metadata.get("glyph") or '"' in prompt.text)
+
+
+def reward_metadata(prompt: Prompt, config: Mapping[str, Optional[RewardSpec]]) -> dict[str, Any]:
+    """The prompt's metadata, with every ``text_prompts_only`` reward switched off (weight 0) on prompts that ask
+    for no text, unless the metadata sets ``reward_weights`` itself."""
     metadata = dict(prompt.metadata)
-    if config.ocr is not None and config.ocr.text_prompts_only and "reward_weights" not in metadata:
-        wants_text = bool(metadata.get("text") or metadata.get("glyph") or ('"' in prompt.text))
-        metadata["reward_weights"] = {"ocr": 1.0 if wants_text else 0.0}
+    text_only = [name for name, spec in config.items() if spec is not None and spec.text_prompts_only]
+    if text_only and "reward_weights" not in metadata:
+        metadata["reward_weights"] = {name: 1.0 if wants_text(prompt) else 0.0 for name in text_only}
     return metadata

@@ -19,6 +19,7 @@ import torch
 from diffusers import FlowMatchEulerDiscreteScheduler
 from diffusers.utils.torch_utils import randn_tensor
 
+from ..pipeline import classifier_free_guidance
 from .grpo import sde_step_with_logprob
 
 # ``model(latents, timestep, seq, pooled, reference_latents) -> velocity``: ``DeepGenModel`` or its DDP wrapper.
@@ -98,7 +99,8 @@ def sampling_schedule(scheduler: FlowMatchEulerDiscreteScheduler, num_steps: int
 
 def guided_velocity(model: VelocityModel, latents: torch.Tensor, timestep: torch.Tensor, condition: Condition,
                     guidance_scale: float) -> torch.Tensor:
-    """CFG velocity ``v_u + s·(v_c − v_u)`` of ``latents`` (B, C, h, w) at a scalar ``timestep``, in fp32."""
+    """CFG velocity (:func:`deepgen.pipeline.classifier_free_guidance`) of ``latents`` (B, C, h, w) at a scalar
+    ``timestep``, in fp32; ``guidance_scale == 1`` runs the conditional branch only."""
     batch_size = latents.shape[0]
     context, pooled, references = condition.dit_inputs(batch_size, guidance_scale)
     latent_input = latents if guidance_scale == 1.0 else torch.cat([latents, latents])
@@ -106,7 +108,7 @@ def guided_velocity(model: VelocityModel, latents: torch.Tensor, timestep: torch
     if guidance_scale == 1.0:
         return velocity
     v_uncond, v_cond = velocity.chunk(2)
-    return v_uncond + guidance_scale * (v_cond - v_uncond)
+    return classifier_free_guidance(v_cond, v_uncond, guidance_scale)
 
 
 @dataclass
