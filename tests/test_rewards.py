@@ -12,8 +12,9 @@ from PIL import Image
 
 from deepgen.training.grpo_config import RewardSpec
 from deepgen.training.prompts import Prompt
-from deepgen.training.rewards import (REWARDS, MixedReward, OCRReward, VLMJudgeError, VLMJudgeReward, build_rewards,
-                                      edit_similarity, quoted_text, reward_metadata, sample_reward_weights)
+from deepgen.training.rewards import (REWARDS, MixedReward, OCRReward, PairwiseVLMJudgeReward, VLMJudgeError,
+                                      VLMJudgeReward, build_rewards, edit_similarity, pairwise_win_rates, quoted_text,
+                                      reward_metadata, sample_reward_weights)
 
 
 def test_batch_mismatch_is_an_error():
@@ -92,6 +93,21 @@ def test_vlm_judge_scores_and_retries(judge_server):
     auth, body = _Judge.seen[-1]
     assert auth == "Bearer k" and body["model"] == "unified-reward-think"
     assert body["messages"][0]["content"][0]["image_url"]["url"].startswith("data:image/png;base64,")
+
+
+def test_pairwise_judge_gives_group_win_rates(judge_server):
+    assert torch.equal(pairwise_win_rates(3, [(0, 1, 0), (0, 2, None), (1, 2, 2)]), torch.tensor([0.75, 0.0, 0.75]))
+    with pytest.raises(ValueError, match="winner"):
+        pairwise_win_rates(3, [(0, 1, 2)])
+    # Pairs (0,1), (0,2), (1,2): image 2 beats both, image 0 beats 1.
+    _Judge.answers = [(200, "Image 1 is better"), (200, "so... Image 2 is better"), (200, "Image 2 is better")]
+    judge = build_rewards({"vlm_judge": RewardSpec(options={"base_url": judge_server, "model": "m", "retries": 0,
+                                                            "pairwise": True})}, torch.device("cpu"))
+    images = [Image.new("RGB", (16, 16), c) for c in ("red", "green", "blue")]
+    rates = judge.rewards["vlm_judge"](images, ["a cat"] * 3, [{}] * 3)
+    assert torch.equal(rates, torch.tensor([0.5, 0.0, 1.0])) and rates.mean() == 0.5
+    assert len(_Judge.seen[-1][1]["messages"][0]["content"]) == 3  # two images, then the question
+    assert PairwiseVLMJudgeReward.parse_winner("no idea") is None
 
 
 def test_vlm_judge_reports_a_dead_service():

@@ -61,6 +61,17 @@ def test_two_step_run_checkpoints_resumes_exactly_and_logs_every_reward(tmp_path
     assert png.read_bytes()[:4] == b"\x89PNG"
 
 
+def test_the_authors_rl_options_run(tmp_path, data):
+    """Shared noise, their log-prob and KL forms, per-sample weights on the advantages: one step runs and logs."""
+    stage3_grpo.main(["--config", CONFIG, f"output_dir={tmp_path}", data, "max_steps=1", "save_final=false", *FAST,
+                      "grpo.shared_noise=true", "grpo.log_prob_form=negative_squared_error",
+                      "grpo.kl_form=velocity_over_variance", "grpo.sample_weights_on=advantages"])
+    (row,) = _log(tmp_path)
+    assert row["ratio_mean"] == 1.0 and row["kl"] == 0.0 and "reward/shapeeval" in row
+    with pytest.raises(ValueError, match="sample_weights_on=advantages"):
+        stage3_grpo.load_stage3_config(CONFIG, ["grpo.sample_weights_on=advantages", "grpo.advantage=grpo"])
+
+
 def test_reward_log_reads_the_last_row_per_step_up_to_max_step(tmp_path):
     log = tmp_path / "loss_log.jsonl"
     rows = [{"step": 1, "reward/a": 0.1}, {"step": 2, "reward/a": 0.2}, {"step": 2, "reward/a": 0.25},
@@ -92,6 +103,12 @@ def test_authors_config_loads_with_their_defaults():
     assert (grpo.num_inference_steps, train.data.resolution, grpo.timestep_fraction) == (50, 512, 0.6)
     assert (grpo.sde_type, grpo.advantage) == ("cps", "gdpo")
     assert {"vlm_judge", "ocr", "clip"} == {k for k, v in grpo.rewards.items() if v is not None}
+    # docs/training.md: conditional-only rollouts with eta 1.0, constant lr after 20 warm-up steps, no weight decay.
+    assert (grpo.guidance_scale, grpo.noise_level) == (1.0, 1.0)
+    assert (train.optim.lr_scheduler, train.optim.warmup_steps, train.optim.weight_decay) == \
+        ("constant_with_warmup", 20, 0.0)
+    assert (grpo.shared_noise, grpo.log_prob_form, grpo.kl_form, grpo.sample_weights_on, grpo.updates_per_step) == \
+        (True, "negative_squared_error", "velocity_over_variance", "advantages", 1)
 
 
 def test_nano_config_is_the_shipped_recipe():

@@ -126,3 +126,45 @@ def test_loss_log_drops_lines_after_the_resumed_step(tmp_path):
     lines = [json.loads(line) for line in (tmp_path / trainer.LOSS_LOG).read_text().splitlines()]
     assert [line["step"] for line in lines] == [1, 2]
 
+
+def test_weight_decay_only_on_matrices(tmp_path):
+    matrix, bias, tokens = (torch.nn.Parameter(torch.ones(3, 2)), torch.nn.Parameter(torch.ones(3)),
+                            torch.nn.Parameter(torch.ones(4, 2)))
+    groups = trainer.weight_decay_groups([matrix, bias, tokens], 0.05)
+    assert [[id(p) for p in g["params"]] for g in groups] == [[id(matrix), id(tokens)], [id(bias)]]
+    assert [g["weight_decay"] for g in groups] == [0.05, 0.0]
+    config = _config(tmp_path, "optim.decay_matrices_only=true", "optim.lr=0.1", "optim.weight_decay=0.5")
+    optimizer = trainer.build_optimizer([matrix, bias], config.optim)
+    for p in (matrix, bias):
+        p.grad = torch.zeros_like(p)
+    optimizer.step()  # zero gradients: only decoupled weight decay moves the weights
+    assert torch.allclose(matrix, torch.full_like(matrix, 1 - 0.1 * 0.5)) and torch.equal(bias.detach(), torch.ones(3))
+
+
+def test_warmup_steps_replace_the_ratio(tmp_path):
+    config = _config(tmp_path, "max_steps=100", "optim.warmup_ratio=0.5", "optim.warmup_steps=4", "optim.lr=1.0",
+                     "optim.lr_scheduler=constant_with_warmup")
+    optimizer = trainer.build_optimizer([torch.nn.Parameter(torch.zeros(1))], config.optim)
+    schedule = trainer.build_lr_scheduler(optimizer, config)
+    rates = []
+    for _ in range(6):
+        rates.append(schedule.get_last_lr()[0])
+        optimizer.step()
+        schedule.step()
+    assert rates == pytest.approx([0.0, 0.25, 0.5, 0.75, 1.0, 1.0])
+
+
+def test_xavier_connector_init_is_the_authors(tmp_path):
+    from deepgen.config import get_preset
+    from deepgen.connector import build_connector
+
+    torch.manual_seed(0)
+    encoder = build_connector(get_preset("tiny").connector)
+    trainer.xavier_init_connector(encoder)
+    attention, mlp = encoder.layers[0].self_attn, encoder.layers[0].mlp
+    fan_in, fan_out = attention.q_proj.in_features, attention.q_proj.out_features
+    bound = (6 / (fan_in + fan_out)) ** 0.5
+    assert attention.q_proj.weight.abs().max() <= bound and attention.q_proj.weight.abs().max() > 0.8 * bound
+    assert not attention.out_proj.bias.any() and 0 < mlp.fc1.bias.abs().max() < 1e-5
+    with pytest.raises(ValueError, match="connector_init"):
+        _config(tmp_path, "model.connector_init=he")

@@ -225,3 +225,13 @@ def test_caption_dropout_extremes(world_parquet, tmp_path):
     assert build_stream(config, batch_size=2).next_batch().prompts == ["", ""]
     config.caption_dropout = 0.0
     assert all(build_stream(config, batch_size=2).next_batch().prompts)
+
+
+def test_edit_caption_dropout_applies_to_edit_batches_only(world_parquet, tmp_path):
+    config = DataConfig(sources=[DataSourceConfig(path=str(world_parquet))], resolution=SIZE, caption_dropout=1.0,
+                        edit_caption_dropout=0.0, cache_dir=str(tmp_path / "cache"))
+    stream = build_stream(config, batch_size=1)
+    batches = [stream.next_batch() for _ in range(8)]
+    assert {b.is_edit for b in batches} == {True, False}  # the world mixes both kinds
+    for batch in batches:
+        assert bool(batch.prompts[0]) == batch.is_edit  # t2i captions all dropped, edit instructions all kept

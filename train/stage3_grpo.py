@@ -55,6 +55,7 @@ from deepgen.training.grpo import (
     gdpo_advantages,
     group_advantages,
     mix_sft_loss,
+    sde_step_std,
     select_train_timesteps,
     velocity_kl,
 )
@@ -138,9 +139,14 @@ class Rollouts:
     """One step's samples on this process: per prompt, its condition and G trajectories; the rewards."""
 
     groups: list[tuple[Condition, Trajectories]]
-    rewards: torch.Tensor  # (P·G, K) each reward after per-sample weights, groups contiguous
+    scores: torch.Tensor  # (P·G, K) each reward's raw score, groups contiguous
     scales: torch.Tensor  # (P·G, K) the per-sample weights (0 = the reward does not apply)
     seconds: float
+
+    @property
+    def rewards(self) -> torch.Tensor:
+        """(P·G, K) the scores after per-sample weights."""
+        return self.scores * self.scales
 
 
 # --- evaluation ---------------------------------------------------------------------------------------------------
@@ -187,16 +193,17 @@ def rollout(run: trainer.Run, rl: RL) -> Rollouts:
         generator = torch.Generator().manual_seed(step_seed(config.seed, rank, run.step, 1 + index))
         condition = encode_condition(pipe, prompt.text, grpo.negative_prompt, prompt.images, rl.size, rl.size,
                                      generator).to(device)
-        noise = initial_noise(G, pipe.transformer.config.in_channels, latent_side, latent_side, generator, device)
+        noise = initial_noise(G, pipe.transformer.config.in_channels, latent_side, latent_side, generator, device,
+                              shared=grpo.shared_noise)
         with accelerator.autocast():
             trajectories = sde_rollout(rl.policy, condition, noise, rl.sigmas, rl.timesteps, grpo.guidance_scale,
-                                       grpo.noise_level, grpo.sde_type, generator)
+                                       grpo.noise_level, grpo.sde_type, generator, grpo.log_prob_form)
         groups.append((condition, trajectories))
         with torch.no_grad():
             images = to_pil(pipe, trajectories.final_latents)
         metadata = [reward_metadata(prompt, grpo.rewards)] * G
-        parts = rl.rewards.components(images, [prompt.text] * G, metadata)
-        reward_rows.append(torch.stack([parts[name] for name in rl.reward_names], dim=1))  # (G, K)
+        scores = rl.rewards.scores(images, [prompt.text] * G, metadata)
+        reward_rows.append(torch.stack([scores[name] for name in rl.reward_names], dim=1))  # (G, K)
         scale_rows.append(sample_reward_weights(metadata, rl.reward_names))  # (G, K)
     return Rollouts(groups, torch.cat(reward_rows).to(device), torch.cat(scale_rows).to(device),
                     time.time() - started)
@@ -204,12 +211,21 @@ def rollout(run: trainer.Run, rl: RL) -> Rollouts:
 
 def compute_advantages(run: trainer.Run, rl: RL, rollouts: Rollouts) -> torch.Tensor:
     """(P, G) advantages of this process's rollouts, normalised over the whole batch of all processes (groups
-    stay contiguous through the gather): GDPO's per-reward group normalisation, or GRPO's on the weighted sum."""
+    stay contiguous through the gather): GDPO's per-reward group normalisation, or GRPO's on the weighted sum.
+
+    Per-sample weights scale the rewards before normalisation (``sample_weights_on: rewards``) or weight the
+    normalised per-reward advantages (``advantages``, the authors'; ``gdpo_advantages`` with (N, K) weights).
+    """
     accelerator, G = run.accelerator, rl.grpo.group_size
-    all_rewards = accelerator.gather(rollouts.rewards)  # (world·P·G, K)
-    if rl.grpo.advantage == "gdpo":
+    if rl.grpo.sample_weights_on == "advantages":
+        all_scores = accelerator.gather(rollouts.scores)  # (world·P·G, K)
+        weights = accelerator.gather(rollouts.scales) * torch.tensor(rl.reward_weights, device=accelerator.device)
+        all_advantages = gdpo_advantages(all_scores, weights, group_size=G)
+    elif rl.grpo.advantage == "gdpo":
+        all_rewards = accelerator.gather(rollouts.rewards)  # (world·P·G, K)
         all_advantages = gdpo_advantages(all_rewards, rl.reward_weights, group_size=G)
     else:
+        all_rewards = accelerator.gather(rollouts.rewards)  # (world·P·G, K)
         weights = torch.tensor(rl.reward_weights, device=accelerator.device)
         all_advantages = group_advantages(all_rewards @ weights, group_size=G)
     mine = all_advantages.view(accelerator.num_processes, -1)[accelerator.process_index]
@@ -229,12 +245,16 @@ def policy_loss_step(run: trainer.Run, rl: RL, condition: Condition, trajectorie
                                                trajectories.timesteps[j].to(accelerator.device), condition,
                                                grpo.guidance_scale)
         log_prob, velocity = transition_log_prob(run.model, condition, trajectories, j, grpo.guidance_scale,
-                                                 grpo.noise_level, grpo.sde_type)
+                                                 grpo.noise_level, grpo.sde_type, grpo.log_prob_form)
         policy_loss, ppo = clipped_policy_loss(log_prob, trajectories.log_probs[:, j], advantages, grpo.clip_range,
                                                grpo.adv_clip_max)
         rl_loss = policy_loss
         if rl.reference is not None:
-            kl = velocity_kl(velocity, ref_velocity).mean()
+            std = None
+            if grpo.kl_form == "velocity_over_variance":
+                std = sde_step_std(trajectories.sigmas[j].item(), trajectories.sigmas[j + 1].item(), grpo.noise_level,
+                                   grpo.sde_type)
+            kl = velocity_kl(velocity, ref_velocity, std=None if std is None else torch.tensor(std)).mean()
             rl_loss = rl_loss + grpo.kl_beta * kl
             stats["kl"].append(kl.item())
         accelerator.backward((1.0 - grpo.sft_lambda) * rl_loss / num_micro)

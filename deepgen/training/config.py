@@ -25,6 +25,7 @@ from .flow_matching import LOSS_WEIGHTING_SCHEMES, TIMESTEP_SAMPLING_SCHEMES
 DATA_FORMATS = ("auto", "parquet", "imagefolder", "webdataset", "hub")
 MIXED_PRECISION = ("no", "fp16", "bf16")
 LR_SCHEDULERS = ("cosine", "constant", "linear", "constant_with_warmup")
+CONNECTOR_INITS = ("pytorch", "xavier")
 
 
 @dataclass
@@ -43,6 +44,9 @@ class ModelConfig:
     bridge_preset: str = "deepgen-1.0"
     # Seed of random weights: the whole model for a preset, the fresh bridge for base models.
     seed: int = 0
+    # Initialisation of a fresh bridge's connector encoder (with base models): "pytorch" (nn.Linear's default) or
+    # "xavier" (the authors': xavier-uniform attention and MLP weights; docs/training.md).
+    connector_init: str = "pytorch"
 
 
 @dataclass
@@ -81,6 +85,8 @@ class DataConfig:
     resolution: int = 512
     # Probability of replacing a caption by "" so the model also learns the unconditional velocity for CFG.
     caption_dropout: float = 0.1
+    # The same for edit batches; null = caption_dropout. The authors drop captions of text-to-image rows only (0.0).
+    edit_caption_dropout: Optional[float] = None
     # Shuffle buffer for streamed sources (map-style sources are shuffled exactly by a seeded permutation).
     shuffle_buffer: int = 1000
     # Where the datasets library caches prepared parquet/imagefolder/webdataset data (null = its default).
@@ -105,11 +111,16 @@ class OptimConfig:
     lr: float = 1e-4
     betas: tuple[float, float] = (0.9, 0.95)
     weight_decay: float = 0.05
+    # Decay only tensors of 2 or more dimensions (matrices, embeddings, the think tokens), never biases or norm
+    # scales: the authors' CustomAdamW (deepgen src/optimisers/custom_adamw.py:12-19). false = decay everything.
+    decay_matrices_only: bool = False
     eps: float = 1e-8
     # One of LR_SCHEDULERS (diffusers.optimization.get_scheduler names).
     lr_scheduler: str = "cosine"
     # Fraction of ``max_steps`` spent warming up linearly from 0 (1% in the paper).
     warmup_ratio: float = 0.01
+    # Warm-up length in optimizer steps; when set it replaces ``warmup_ratio`` (stage 3: the authors' 20).
+    warmup_steps: Optional[int] = None
     # Clip the global gradient norm to this value; null disables clipping.
     max_grad_norm: Optional[float] = 1.0
 
@@ -218,13 +229,19 @@ def validate(config: TrainConfig) -> None:
         raise ValueError(f"checkpoint_every must be >= 0 (0 = only at the end), got {config.checkpoint_every}.")
     if config.keep_checkpoints is not None and config.keep_checkpoints < 1:
         raise ValueError(f"keep_checkpoints must be >= 1 or null, got {config.keep_checkpoints}.")
+    if config.optim.warmup_steps is not None and config.optim.warmup_steps < 0:
+        raise ValueError(f"optim.warmup_steps must be >= 0 or null, got {config.optim.warmup_steps}.")
     if not 0.0 <= config.optim.warmup_ratio < 1.0:
         raise ValueError(f"optim.warmup_ratio must be in [0, 1), got {config.optim.warmup_ratio}.")
     if not 0.0 <= config.data.caption_dropout <= 1.0:
         raise ValueError(f"data.caption_dropout must be in [0, 1], got {config.data.caption_dropout}.")
+    edit_dropout = config.data.edit_caption_dropout
+    if edit_dropout is not None and not 0.0 <= edit_dropout <= 1.0:
+        raise ValueError(f"data.edit_caption_dropout must be in [0, 1] or null, got {edit_dropout}.")
     if config.data.resolution < 16 or config.data.resolution % 16:
         raise ValueError(f"data.resolution must be a multiple of 16 (>= 16), got {config.data.resolution}.")
     model = config.model
+    _choice("model.connector_init", model.connector_init, CONNECTOR_INITS)
     if (model.pretrained is None) == (model.base_vlm is None or model.base_dit is None):
         raise ValueError("Give either model.pretrained (a pipeline folder or preset name) or both model.base_vlm and "
                          f"model.base_dit (with model.pretrained=null); got {model}.")

@@ -8,7 +8,8 @@ otherwise a text-to-image pair.
 Preprocessing follows the authors: every image is resized (short side) and centre-cropped to a fixed square
 ``resolution``, an edit's source to the same size as its target, pixels scaled to [-1, 1]. Bad rows (an image
 that is missing or does not decode, an empty caption) are skipped and counted in :attr:`MixedBatchStream.stats`,
-never fatal. Captions are dropped (replaced by ``""``) with probability ``caption_dropout`` for CFG.
+never fatal. Captions are dropped (replaced by ``""``) with probability ``caption_dropout`` for CFG
+(``edit_caption_dropout`` for edit batches).
 
 :class:`MixedBatchStream` mixes sources by weight and yields batches that are all text-to-image or all edits
 (Kontext reference tokens need the same number of references in every row). It is deterministic in
@@ -319,13 +320,14 @@ class MixedBatchStream:
         resolution: square training size S.
         batch_size: rows per batch (per process).
         caption_dropout: probability of replacing a prompt by "" (default 0.1).
+        edit_caption_dropout: the same for edit batches (default None: ``caption_dropout``).
         seed: data seed; rank, world_size: this process and the number of processes.
         shuffle_buffer: shuffle buffer of streamed sources.
     """
 
     def __init__(self, datasets_: Sequence[AnyDataset], sources: Sequence[DataSourceConfig], resolution: int,
                  batch_size: int, caption_dropout: float = 0.1, seed: int = 0, rank: int = 0, world_size: int = 1,
-                 shuffle_buffer: int = 1000):
+                 shuffle_buffer: int = 1000, edit_caption_dropout: Optional[float] = None):
         if len(datasets_) != len(sources) or not sources:
             raise ValueError("Give one dataset per source config, and at least one.")
         self.sources = list(sources)
@@ -338,6 +340,7 @@ class MixedBatchStream:
         self.resolution = resolution
         self.batch_size = batch_size
         self.caption_dropout = caption_dropout
+        self.edit_caption_dropout = caption_dropout if edit_caption_dropout is None else edit_caption_dropout
         self.seed, self.rank = seed, rank
         self.rows_drawn = 0
         self.batches_emitted = 0
@@ -372,7 +375,8 @@ class MixedBatchStream:
                 batch = collate(self.pending[kind])
                 self.pending[kind] = []
                 generator = torch.Generator().manual_seed(step_seed(self.seed, self.rank, self.batches_emitted))
-                batch.prompts = drop_captions(batch.prompts, self.caption_dropout, generator)
+                dropout = self.edit_caption_dropout if kind == "edit" else self.caption_dropout
+                batch.prompts = drop_captions(batch.prompts, dropout, generator)
                 self.batches_emitted += 1
                 self.stats[f"batches_{kind}"] += 1
                 return batch
@@ -411,5 +415,6 @@ def build_stream(config: DataConfig, batch_size: int, seed: int = 0, rank: int =
                          "parquet, path: data/train}] (parquet, imagefolder, webdataset shards or a hub dataset).")
     loaded = [load_source(source, config.cache_dir) for source in config.sources]
     return MixedBatchStream(loaded, config.sources, config.resolution, batch_size, config.caption_dropout,
-                            seed=seed, rank=rank, world_size=world_size, shuffle_buffer=config.shuffle_buffer)
+                            seed=seed, rank=rank, world_size=world_size, shuffle_buffer=config.shuffle_buffer,
+                            edit_caption_dropout=config.edit_caption_dropout)
 

@@ -14,9 +14,10 @@ from typing import Any, Optional, Sequence
 import yaml
 
 from .config import TrainConfig, apply_override, build_config, config_from_dict
-from .grpo import SDE_TYPES
+from .grpo import KL_FORMS, LOG_PROB_FORMS, SDE_TYPES
 
 ADVANTAGES = ("gdpo", "grpo")
+SAMPLE_WEIGHTS_ON = ("rewards", "advantages")
 
 
 @dataclass
@@ -59,7 +60,18 @@ class GRPOConfig:
     guidance_scale: float = 4.0
     negative_prompt: str = ""
     sde_type: str = "cps"  # "cps" (DeepGen's default) or "flow_grpo"
-    noise_level: float = 0.7  # flow_grpo's SDE noise strength
+    noise_level: float = 0.7  # flow_grpo's SDE noise strength (the authors' sde_eta is 1.0)
+    # One initial noise per prompt group, repeated G times (the authors' init_same_noise) instead of G draws.
+    shared_noise: bool = False
+    # "gaussian" (the exact density, textbook) or "negative_squared_error" (the authors' CPS form).
+    log_prob_form: str = "gaussian"
+    # "velocity" (mean (v − v_ref)², the step constant folded into β) or "velocity_over_variance" (the authors':
+    # divided by 2·std² + 1e-7).
+    kl_form: str = "velocity"
+    # Where per-sample ``reward_weights`` (prompt metadata) act: "rewards" scales each reward before the group
+    # normalisation (so a weight only switches a reward on or off), "advantages" weights the normalised
+    # per-reward advantages (GDPO; the authors' per-dataset weights), on top of the config weights.
+    sample_weights_on: str = "rewards"
     # Share of the stochastic denoising steps trained per prompt group (drawn afresh per group and step).
     timestep_fraction: float = 0.6
     # Policy update: optimizer steps per RL step (the step's prompt groups split into this many minibatches;
@@ -83,6 +95,13 @@ def validate_grpo(config: GRPOConfig, train: TrainConfig) -> None:
         raise ValueError(f"grpo.sde_type={config.sde_type!r}; choose one of {SDE_TYPES}.")
     if config.advantage not in ADVANTAGES:
         raise ValueError(f"grpo.advantage={config.advantage!r}; choose one of {ADVANTAGES}.")
+    for name, choices in (("log_prob_form", LOG_PROB_FORMS), ("kl_form", KL_FORMS),
+                          ("sample_weights_on", SAMPLE_WEIGHTS_ON)):
+        if getattr(config, name) not in choices:
+            raise ValueError(f"grpo.{name}={getattr(config, name)!r}; choose one of {choices}.")
+    if config.sample_weights_on == "advantages" and config.advantage != "gdpo":
+        raise ValueError("grpo.sample_weights_on=advantages weights the per-reward advantages of GDPO; set "
+                         "grpo.advantage=gdpo or grpo.sample_weights_on=rewards.")
     for name in ("group_size", "prompts_per_step", "num_inference_steps", "updates_per_step", "inner_epochs"):
         if getattr(config, name) < 1:
             raise ValueError(f"grpo.{name} must be >= 1, got {getattr(config, name)}.")

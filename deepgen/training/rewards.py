@@ -3,8 +3,9 @@
 As in flow_grpo, rewards are plain callables combined by weights from the config (:class:`MixedReward`). The
 config names them; a name maps to a factory registered with :func:`register_reward`. Registered here: ``clip``
 (CLIP text-image similarity), ``ocr`` (PaddleOCR accuracy) and ``vlm_judge`` (a VLM judge on any
-OpenAI-compatible endpoint; the authors serve UnifiedReward-Think this way). A project registers its own on
-import: DeepGen-nano's shape world adds ``shapeeval``, ``glyph`` and ``glyph_iou`` (:mod:`deepgen.nano.rewards`).
+OpenAI-compatible endpoint, scoring each image or, as the authors, a pairwise win rate within the group). A
+project registers its own on import: DeepGen-nano's shape world adds ``shapeeval``, ``glyph`` and ``glyph_iou``
+(:mod:`deepgen.nano.rewards`).
 """
 
 from __future__ import annotations
@@ -149,15 +150,17 @@ class VLMJudgeReward:
             raise VLMJudgeError(f"The judge's answer has no score: {text[:200]!r}")
         return min(max(float(numbers[-1]) / 10.0, 0.0), 1.0)
 
-    def _request(self, image: Image.Image, prompt: str) -> str:
-        buffer = io.BytesIO()
-        image.save(buffer, format="PNG")
-        data_url = "data:image/png;base64," + base64.b64encode(buffer.getvalue()).decode()
-        body = {"model": self.model, "max_tokens": self.max_tokens, "temperature": 0.0, "messages": [{
-            "role": "user", "content": [
-                {"type": "image_url", "image_url": {"url": data_url}},
-                {"type": "text", "text": self.prompt_template.format(prompt=prompt)},
-            ]}]}
+    def _chat(self, images: Sequence[Image.Image], text: str) -> str:
+        """One chat completion with ``images`` (PNG data URLs) then ``text``; the answer's text."""
+        content = []
+        for image in images:
+            buffer = io.BytesIO()
+            image.save(buffer, format="PNG")
+            data_url = "data:image/png;base64," + base64.b64encode(buffer.getvalue()).decode()
+            content.append({"type": "image_url", "image_url": {"url": data_url}})
+        content.append({"type": "text", "text": text})
+        body = {"model": self.model, "max_tokens": self.max_tokens, "temperature": 0.0,
+                "messages": [{"role": "user", "content": content}]}
         headers = {"Content-Type": "application/json"}
         if self.api_key:
             headers["Authorization"] = f"Bearer {self.api_key}"
@@ -169,11 +172,11 @@ class VLMJudgeReward:
         except (KeyError, IndexError, TypeError) as error:
             raise VLMJudgeError(f"Unexpected answer from {self.url}: {str(payload)[:200]}") from error
 
-    def score(self, image: Image.Image, prompt: str) -> float:
+    def _with_retries(self, ask: Callable[[], Any]) -> Any:
         last_error: Optional[Exception] = None
         for attempt in range(self.retries + 1):
             try:
-                return self.parse_score(self._request(image, prompt))
+                return ask()
             except (urllib.error.URLError, TimeoutError, ConnectionError, json.JSONDecodeError, VLMJudgeError) as error:
                 last_error = error
                 logger.warning("VLM judge attempt %d/%d failed: %s", attempt + 1, self.retries + 1, error)
@@ -182,9 +185,65 @@ class VLMJudgeReward:
         raise VLMJudgeError(f"The VLM judge at {self.url} failed after {self.retries + 1} attempts ({last_error}). "
                             "Is the server running and serving the model named in the config?")
 
+    def score(self, image: Image.Image, prompt: str) -> float:
+        text = self.prompt_template.format(prompt=prompt)
+        return self._with_retries(lambda: self.parse_score(self._chat([image], text)))
+
     def __call__(self, images, prompts, metadata) -> torch.Tensor:
         check_batch(images, prompts, metadata)
         return torch.tensor([self.score(img, p) for img, p in zip(images, prompts)], dtype=torch.float32)
+
+
+PAIRWISE_JUDGE_PROMPT = (
+    "You are comparing two generated images for the instruction or prompt: \"{prompt}\".\n"
+    "Which image follows it better and looks better? Think briefly, then end your answer with "
+    "'Image 1 is better' or 'Image 2 is better'."
+)
+
+
+def pairwise_win_rates(num_items: int, outcomes: Sequence[tuple[int, int, Optional[int]]]) -> torch.Tensor:
+    """(num_items,) win rates from pairwise comparisons ``(i, j, winner)``: ``winner`` is i, j, or None for a tie
+    or an unreadable verdict (half a win each); an item never compared gets 0. Within a group where every pair
+    is compared once the rates average 0.5 (the authors' UnifiedReward-Think reward, deepgen_rl
+    ``grpo_deepgen.py:295-352``)."""
+    wins, comparisons = [0.0] * num_items, [0] * num_items
+    for i, j, winner in outcomes:
+        comparisons[i] += 1
+        comparisons[j] += 1
+        if winner is None:
+            wins[i] += 0.5
+            wins[j] += 0.5
+        elif winner in (i, j):
+            wins[winner] += 1.0
+        else:
+            raise ValueError(f"The winner of comparison ({i}, {j}) must be {i}, {j} or None, got {winner}.")
+    return torch.tensor([w / c if c else 0.0 for w, c in zip(wins, comparisons)], dtype=torch.float32)
+
+
+class PairwiseVLMJudgeReward(VLMJudgeReward):
+    """The VLM judge as a pairwise win rate (the authors' form): every pair of the batch is compared once and each
+    image scores the share of its comparisons it wins. Stage 3 scores one prompt group per call, so the pairs
+    are the group's; G images cost G·(G − 1)/2 requests. (On a batch of different prompts, e.g. a held-out
+    evaluation, the pairs compare different prompts: use :class:`VLMJudgeReward` there.)"""
+
+    def __init__(self, *args: Any, prompt_template: str = PAIRWISE_JUDGE_PROMPT, **kwargs: Any):
+        super().__init__(*args, prompt_template=prompt_template, **kwargs)
+
+    @staticmethod
+    def parse_winner(text: str) -> Optional[int]:
+        """0 for "Image 1 is better", 1 for "Image 2 is better" (the last such phrase wins), None otherwise."""
+        verdicts = re.findall(r"image\s*([12])\s*is\s*better", text, flags=re.IGNORECASE)
+        return int(verdicts[-1]) - 1 if verdicts else None
+
+    def __call__(self, images, prompts, metadata) -> torch.Tensor:
+        check_batch(images, prompts, metadata)
+        outcomes = []
+        for i in range(len(images)):
+            for j in range(i + 1, len(images)):
+                text = self.prompt_template.format(prompt=prompts[i])
+                verdict = self._with_retries(lambda: self.parse_winner(self._chat([images[i], images[j]], text)))
+                outcomes.append((i, j, None if verdict is None else (i, j)[verdict]))
+        return pairwise_win_rates(len(images), outcomes)
 
 
 class MixedReward:
@@ -200,12 +259,16 @@ class MixedReward:
             raise ValueError(f"Every reward needs a weight and every weight a reward; mismatched: {sorted(missing)}.")
         self.rewards, self.weights = dict(rewards), dict(weights)
 
+    def scores(self, images, prompts, metadata) -> dict[str, torch.Tensor]:
+        """Each reward's raw (N,) scores (no per-sample weights)."""
+        check_batch(images, prompts, metadata)
+        return {name: reward(images, prompts, metadata).float() for name, reward in self.rewards.items()}
+
     def components(self, images, prompts, metadata) -> dict[str, torch.Tensor]:
         """Each reward's (N,) scores after per-sample weights."""
-        check_batch(images, prompts, metadata)
         scales = sample_reward_weights(metadata, list(self.rewards))  # (N, K)
-        return {name: reward(images, prompts, metadata).float() * scales[:, k]
-                for k, (name, reward) in enumerate(self.rewards.items())}
+        return {name: score * scales[:, k] for k, (name, score) in enumerate(self.scores(images, prompts,
+                                                                                          metadata).items())}
 
     def __call__(self, images, prompts, metadata) -> torch.Tensor:
         parts = self.components(images, prompts, metadata)
@@ -267,13 +330,15 @@ def ocr_reward(device: torch.device) -> OCRReward:
 @register_reward("vlm_judge")
 def vlm_judge_reward(device: torch.device, base_url: str = "http://127.0.0.1:8000/v1",
                      model: str = "UnifiedReward-Think-qwen-7b", api_key_env: Optional[str] = None,
-                     timeout: float = 60.0, retries: int = 2) -> VLMJudgeReward:
+                     timeout: float = 60.0, retries: int = 2, pairwise: bool = False) -> VLMJudgeReward:
     """The judge behind ``base_url``; ``api_key_env`` names the environment variable holding its key (keys never
-    go into configs)."""
+    go into configs). ``pairwise``: the group win rate (:class:`PairwiseVLMJudgeReward`, the authors') instead of
+    a 0-10 score per image."""
     api_key = os.environ.get(api_key_env) if api_key_env else None
     if api_key_env and not api_key:
         raise ValueError(f"grpo.rewards.vlm_judge.options.api_key_env names ${api_key_env}, which is not set.")
-    return VLMJudgeReward(base_url, model, api_key, timeout, retries)
+    judge = PairwiseVLMJudgeReward if pairwise else VLMJudgeReward
+    return judge(base_url, model, api_key, timeout, retries)
 
 
 def build_rewards(config: Mapping[str, Optional[RewardSpec]], device: torch.device) -> MixedReward:

@@ -96,7 +96,8 @@ def load_pipeline(config: ModelConfig) -> DeepGenPipeline:
     ``pretrained: null`` the base VLM and DiT are loaded and a fresh bridge is built (:func:`load_base_pipeline`).
     """
     if config.pretrained is None:
-        pipe = load_base_pipeline(config.base_vlm, config.base_dit, config.bridge_preset, config.seed)
+        pipe = load_base_pipeline(config.base_vlm, config.base_dit, config.bridge_preset, config.seed,
+                                  config.connector_init)
     elif config.pretrained in PRESETS:
         pipe = DeepGenPipeline.from_config(config.pretrained, seed=config.seed)
     else:
@@ -105,7 +106,24 @@ def load_pipeline(config: ModelConfig) -> DeepGenPipeline:
     return pipe
 
 
-def load_base_pipeline(vlm: str, dit: str, bridge_preset: str = "deepgen-1.0", seed: int = 0) -> DeepGenPipeline:
+def xavier_init_connector(encoder: nn.Module) -> None:
+    """The authors' connector initialisation (deepgen ``src/models/connector/modeling_connector.py:48-67``, applied
+    to the encoder at line 485): xavier-uniform attention projections with zero biases, xavier-uniform MLP
+    weights with N(0, 1e-6²) biases; LayerNorms at ones/zeros (already their default). Draws from the global
+    generator (seeded by the caller)."""
+    for name, module in encoder.named_modules():
+        if name.endswith("self_attn"):
+            for projection in (module.q_proj, module.k_proj, module.v_proj, module.out_proj):
+                nn.init.xavier_uniform_(projection.weight)
+                nn.init.zeros_(projection.bias)
+        elif name.endswith("mlp"):
+            for layer in (module.fc1, module.fc2):
+                nn.init.xavier_uniform_(layer.weight)
+                nn.init.normal_(layer.bias, std=1e-6)
+
+
+def load_base_pipeline(vlm: str, dit: str, bridge_preset: str = "deepgen-1.0", seed: int = 0,
+                       connector_init: str = "pytorch") -> DeepGenPipeline:
     """Stage 1's starting point: pretrained Qwen2.5-VL and Kontext DiT with a freshly initialised bridge.
 
     Args:
@@ -115,6 +133,7 @@ def load_base_pipeline(vlm: str, dit: str, bridge_preset: str = "deepgen-1.0", s
         bridge_preset: preset giving the think-token count, SCB layers and connector size; the bridge's input and
             output widths come from the loaded VLM and DiT.
         seed: seeds the bridge's initialisation (its output heads start at zero either way).
+        connector_init: "pytorch" (nn.Linear's default) or "xavier" (:func:`xavier_init_connector`, the authors').
     """
     preset = get_preset(bridge_preset)
     vlm_model = Qwen2_5_VLForConditionalGeneration.from_pretrained(vlm, dtype=torch.float32,
@@ -132,6 +151,8 @@ def load_base_pipeline(vlm: str, dit: str, bridge_preset: str = "deepgen-1.0", s
         pooled_projection_dim=transformer.config.pooled_projection_dim,
         connector_config=vars(preset.connector).copy(),
     )
+    if connector_init == "xavier":
+        xavier_init_connector(bridge.connector)
     return DeepGenPipeline(vlm=vlm_model.eval(), tokenizer=tokenizer, connector=bridge.eval(),
                            transformer=transformer.eval(), vae=vae.eval(), scheduler=scheduler)
 
@@ -256,19 +277,31 @@ def flow_matching_loss_on_batch(pipe: DeepGenPipeline, model: nn.Module, batch: 
 # --- optimiser, schedule, EMA -------------------------------------------------------------------------------------
 
 
+def weight_decay_groups(parameters: Sequence[nn.Parameter], weight_decay: float) -> list[dict[str, Any]]:
+    """AdamW parameter groups that decay only tensors with ``ndim >= 2`` (nanoGPT's and the authors' rule):
+    ``[{"params": matrices, "weight_decay": weight_decay}, {"params": the rest, "weight_decay": 0.0}]``."""
+    return [{"params": [p for p in parameters if p.ndim >= 2], "weight_decay": weight_decay},
+            {"params": [p for p in parameters if p.ndim < 2], "weight_decay": 0.0}]
+
+
 def build_optimizer(parameters: Sequence[nn.Parameter], config: OptimConfig) -> torch.optim.AdamW:
-    return torch.optim.AdamW(parameters, lr=config.lr, betas=tuple(config.betas), weight_decay=config.weight_decay,
+    """AdamW; with ``decay_matrices_only`` the weight decay skips 1-D tensors (biases, norm scales)."""
+    groups = weight_decay_groups(list(parameters), config.weight_decay) if config.decay_matrices_only else parameters
+    return torch.optim.AdamW(groups, lr=config.lr, betas=tuple(config.betas), weight_decay=config.weight_decay,
                              eps=config.eps)
 
 
 def build_lr_scheduler(optimizer: torch.optim.Optimizer, config: TrainConfig,
                        num_processes: int = 1) -> torch.optim.lr_scheduler.LRScheduler:
-    """Linear warm-up over ``warmup_ratio * max_steps`` then ``lr_scheduler`` (cosine to 0 by default).
+    """Linear warm-up over ``warmup_steps`` (or ``warmup_ratio * max_steps``) then ``lr_scheduler`` (cosine to 0
+    by default).
 
     accelerate's prepared scheduler steps once per process per optimizer step (diffusers' scripts multiply the
     same way), so the step counts are scaled by ``num_processes``.
     """
-    warmup = math.ceil(config.optim.warmup_ratio * config.max_steps)
+    warmup = config.optim.warmup_steps
+    if warmup is None:
+        warmup = math.ceil(config.optim.warmup_ratio * config.max_steps)
     return get_scheduler(config.optim.lr_scheduler, optimizer, num_warmup_steps=warmup * num_processes,
                          num_training_steps=config.max_steps * num_processes)
 
