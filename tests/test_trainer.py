@@ -168,3 +168,18 @@ def test_xavier_connector_init_is_the_authors(tmp_path):
     assert not attention.out_proj.bias.any() and 0 < mlp.fc1.bias.abs().max() < 1e-5
     with pytest.raises(ValueError, match="connector_init"):
         _config(tmp_path, "model.connector_init=he")
+
+
+@pytest.mark.parametrize("edit", [False, True])
+def test_flow_matching_loss_on_an_aspect_bucket_batch(tmp_path, edit):
+    """data.image_process=fix_pixels gives non-square batches (and edit sources of the target's size)."""
+    config = _config(tmp_path)
+    pipe = DeepGenPipeline.from_config("tiny", seed=0)
+    trainer.apply_training_schedule(pipe, config)
+    generator = torch.Generator().manual_seed(1)
+    pixels = torch.rand(2, 3, 32, 64, generator=generator) * 2 - 1
+    batch = Batch(pixels, ["a red circle", ""], torch.rand(2, 3, 32, 64, generator=generator) * 2 - 1 if edit else None)
+    loss = trainer.flow_matching_loss_on_batch(pipe, trainer.TrainingModule(pipe.model), batch,
+                                               trainer.training_scheduler(pipe), config.loss,
+                                               torch.Generator().manual_seed(0), trainer.build_accelerator(config))
+    assert torch.isfinite(loss)

@@ -50,6 +50,7 @@ def test_full_recipe_follows_the_authors_code():
         config = load_config(CONFIGS / f"deepgen-1.0-stage{stage}.yaml")
         assert (config.batch_size, config.gradient_accumulation_steps) == (4, accumulation)
         assert config.loss.weighting_scheme == "none" and config.optim.decay_matrices_only
+        assert config.data.image_process == "fix_pixels"
         assert (config.data.caption_dropout, config.data.edit_caption_dropout) == (0.1, 0.0)
         edit = sum(s.weight for s in config.data.sources if s.source_image_column and "editing" in s.path)
         assert edit / sum(s.weight for s in config.data.sources) == pytest.approx(edit_share)
@@ -57,6 +58,7 @@ def test_full_recipe_follows_the_authors_code():
     for stage in ("1", "2"):  # nano keeps what it was trained with, explicitly
         nano = load_config(CONFIGS / f"nano-stage{stage}.yaml")
         assert nano.loss.weighting_scheme == "logit_normal" and not nano.optim.decay_matrices_only
+        assert nano.data.image_process == "center_crop"
         assert nano.data.edit_caption_dropout == nano.data.caption_dropout == 0.1
 
 

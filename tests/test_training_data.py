@@ -23,6 +23,8 @@ from deepgen.training.data import (
     load_source,
     preprocess_row,
     resize_center_crop,
+    resize_cover_crop,
+    resize_to_area,
 )
 from deepgen.nano import world
 
@@ -235,3 +237,24 @@ def test_edit_caption_dropout_applies_to_edit_batches_only(world_parquet, tmp_pa
     assert {b.is_edit for b in batches} == {True, False}  # the world mixes both kinds
     for batch in batches:
         assert bool(batch.prompts[0]) == batch.is_edit  # t2i captions all dropped, edit instructions all kept
+
+
+def test_aspect_buckets_keep_the_area_and_round_sides_up_to_32():
+    assert resize_to_area(Image.new("RGB", (1024, 768)), 512).size == (608, 448)
+    assert resize_to_area(Image.new("RGB", (300, 300)), 512).size == (512, 512)
+    assert resize_to_area(Image.new("RGB", (2000, 500)), 512).size == (1024, 256)
+    image = Image.new("RGB", (60, 30), (0, 0, 255))
+    image.paste((255, 0, 0), (20, 0, 40, 30))  # a red middle third
+    source = resize_cover_crop(image, 32, 32)  # a source brought to its target's bucket
+    assert source.size == (32, 32) and source.getpixel((16, 16)) == (255, 0, 0)
+
+
+def test_fix_pixels_batches_group_rows_of_one_size():
+    wide, tall = _png((255, 0, 0), size=(64, 32)), _png((0, 0, 255), size=(32, 64))
+    rows = [{"image": wide if i % 2 else tall, "prompt": f"p{i}"} for i in range(12)]
+    source = DataSourceConfig(path="mixed", source_image_column=None)
+    stream = _stream([source], [datasets.Dataset.from_list(rows)], batch_size=2, caption_dropout=0.0,
+                     image_process="fix_pixels")
+    shapes = {tuple(stream.next_batch().pixel_values.shape) for _ in range(4)}
+    assert shapes == {(2, 3, 32, 64), (2, 3, 64, 32)}  # SIZE 32: about 32² px, sides multiples of 32
+    assert {key for key in stream.pending} >= {"t2i@64x32", "t2i@32x64"}

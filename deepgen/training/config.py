@@ -26,6 +26,7 @@ DATA_FORMATS = ("auto", "parquet", "imagefolder", "webdataset", "hub")
 MIXED_PRECISION = ("no", "fp16", "bf16")
 LR_SCHEDULERS = ("cosine", "constant", "linear", "constant_with_warmup")
 CONNECTOR_INITS = ("pytorch", "xavier")
+IMAGE_PROCESSES = ("center_crop", "fix_pixels")
 
 
 @dataclass
@@ -80,9 +81,12 @@ class DataConfig:
 
     # The datasets mixed; null = none configured (stage 3 without the SFT-aux loss reads no data).
     sources: Optional[list[DataSourceConfig]] = None
-    # Side of the square training images: resize the short side, then centre-crop (512 for DeepGen 1.0). Edit
-    # sources are brought to the same size so that their Kontext tokens align with the target's.
+    # Side of the square training images (512 for DeepGen 1.0), or of the bucket area with fix_pixels. Edit
+    # sources are brought to their target's size so that their Kontext tokens align with the target's.
     resolution: int = 512
+    # "center_crop" (the square above) or "fix_pixels" (the authors' aspect buckets: aspect kept at about
+    # resolution² pixels, sides rounded up to multiples of 32; batches group rows of one size).
+    image_process: str = "center_crop"
     # Probability of replacing a caption by "" so the model also learns the unconditional velocity for CFG.
     caption_dropout: float = 0.1
     # The same for edit batches; null = caption_dropout. The authors drop captions of text-to-image rows only (0.0).
@@ -238,6 +242,7 @@ def validate(config: TrainConfig) -> None:
     edit_dropout = config.data.edit_caption_dropout
     if edit_dropout is not None and not 0.0 <= edit_dropout <= 1.0:
         raise ValueError(f"data.edit_caption_dropout must be in [0, 1] or null, got {edit_dropout}.")
+    _choice("data.image_process", config.data.image_process, IMAGE_PROCESSES)
     if config.data.resolution < 16 or config.data.resolution % 16:
         raise ValueError(f"data.resolution must be a multiple of 16 (>= 16), got {config.data.resolution}.")
     model = config.model
