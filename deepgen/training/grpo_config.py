@@ -26,7 +26,7 @@ class PromptSourceConfig:
 
     # A prompt-source format registered with ``deepgen.training.prompts.register_prompt_source``: "jsonl" (one
     # object per line with "prompt", optional "metadata" -- a dict, may hold per-sample "reward_weights" -- and
-    # optional "image", the path of an edit source); DeepGen-nano registers "world" (``deepgen.nano``).
+    # optional "image", the path of an edit source); DeepGen-nano registers "world" (deepgen/nano/prompts.py).
     format: str = "jsonl"
     # The jsonl path, or what the registered format reads (the world's split for "world").
     path: str = ""

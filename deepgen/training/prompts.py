@@ -1,7 +1,8 @@
 """Prompt pools for stage 3: the prompts rolled out (and the held-out ones evaluated), each with reward metadata.
 
 A pool is read by a loader registered under a format name (:func:`register_prompt_source`); ``jsonl`` is built in,
-and a project adds its own on import (DeepGen-nano's shape world registers ``world`` in :mod:`deepgen.nano`).
+and a project adds its own on import (DeepGen-nano's shape world registers ``world`` in
+:mod:`deepgen.nano.prompts`).
 """
 
 from __future__ import annotations
@@ -64,7 +65,7 @@ def load_prompts(config: PromptSourceConfig, size: int) -> list[Prompt]:
     if loader is None:
         raise ValueError(f"Prompt source format {config.format!r} is not registered; registered: "
                          f"{sorted(PROMPT_SOURCES)}. A project's own format registers on import (the shape world's "
-                         "'world': import deepgen.nano).")
+                         "'world': import deepgen.nano.prompts).")
     try:
         inspect.signature(loader).bind(config.path, size, **config.options)
     except TypeError as error:

@@ -350,7 +350,7 @@ def build_rewards(config: Mapping[str, Optional[RewardSpec]], device: torch.devi
         factory = REWARDS.get(name)
         if factory is None:
             raise ValueError(f"Unknown reward {name!r} in grpo.rewards; registered: {sorted(REWARDS)}. A project's "
-                             "own rewards register on import (the shape world's: import deepgen.nano).")
+                             "own rewards register on import (the shape world's: import deepgen.nano.rewards).")
         try:
             inspect.signature(factory).bind(device, **spec.options)
         except TypeError as error:
