@@ -1,6 +1,6 @@
 """DeepGen Studio: the DeepGen 1.0 unified image generation and editing model (arXiv 2602.12205).
 
-Names are imported lazily, so that torch-free modules (``deepgen.world``, ``deepgen.shapeeval``) load fast.
+Names are imported lazily, so that torch-free modules (``deepgen.nano.world``, ``deepgen.nano.shapeeval``) load fast.
 """
 
 from __future__ import annotations

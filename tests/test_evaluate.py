@@ -16,7 +16,7 @@ sys.path.insert(0, str(ROOT / "train"))
 import compare_evals  # noqa: E402
 import evaluate  # noqa: E402
 
-from deepgen import world  # noqa: E402
+from deepgen.nano import world  # noqa: E402
 
 
 def test_generate_is_deterministic_uint8_per_sample(tiny_pipe):

@@ -8,6 +8,7 @@ from deepgen.training.grpo import (
     gdpo_advantages,
     group_advantages,
     mix_sft_loss,
+    sde_step_std,
     sde_step_with_logprob,
     select_train_timesteps,
     velocity_kl,
@@ -216,3 +217,54 @@ def test_select_train_timesteps():
     assert select_train_timesteps(10, 0.6, batch_size=4).shape == (4, 6)
     with pytest.raises(ValueError, match="fraction"):
         select_train_timesteps(10, 0.0)
+
+
+# --- the authors' forms (docs/training.md) ---------------------------------------------------------------------
+
+
+def test_negative_squared_error_log_prob_is_the_authors_cps_form():
+    generator = torch.Generator().manual_seed(3)
+    velocity, sample = torch.randn(2, 4, 3, 3, generator=generator), torch.randn(2, 4, 3, 3, generator=generator)
+    nxt, exact, mean, std = sde_step_with_logprob(velocity, sample, 0.6, 0.4, 1.0, generator=generator)
+    _, simple, _, _ = sde_step_with_logprob(velocity, sample, 0.6, 0.4, 1.0, prev_sample=nxt,
+                                            log_prob_form="negative_squared_error")
+    torch.testing.assert_close(simple, -((nxt - mean) ** 2).mean(dim=(1, 2, 3)))
+    gaussian = -((nxt - mean) ** 2) / (2 * std**2) - torch.log(std) - 0.5 * math.log(2 * math.pi)
+    torch.testing.assert_close(exact, gaussian.mean(dim=(1, 2, 3)))
+    with pytest.raises(ValueError, match="log_prob_form"):
+        sde_step_with_logprob(velocity, sample, 0.6, 0.4, log_prob_form="textbook")
+
+
+@pytest.mark.parametrize("sde_type", ["cps", "flow_grpo"])
+@pytest.mark.parametrize("sigma, sigma_next", [(1.0, 0.9), (0.6, 0.4)])
+def test_sde_step_std_matches_the_step(sde_type, sigma, sigma_next):
+    x = torch.zeros(1, 2, 2, 2)
+    *_, std = sde_step_with_logprob(x, x, sigma, sigma_next, 0.7, sde_type=sde_type)
+    assert sde_step_std(sigma, sigma_next, 0.7, sde_type) == pytest.approx(float(std), rel=1e-6)
+
+
+def test_velocity_kl_over_variance_is_the_authors_v_based_kl():
+    v, ref = torch.full((2, 1, 2, 2), 3.0), torch.full((2, 1, 2, 2), 1.0)
+    assert torch.equal(velocity_kl(v, ref), torch.full((2,), 4.0))
+    std = torch.tensor(0.5)
+    torch.testing.assert_close(velocity_kl(v, ref, std=std), torch.full((2,), 4.0 / (2 * 0.25 + 1e-7)))
+
+
+def test_gdpo_per_sample_weights_act_on_normalised_advantages():
+    rewards = torch.tensor([[1.0, 10.0], [0.0, 30.0], [2.0, 0.0], [4.0, 0.0]])  # 2 groups of 2, K = 2
+    per_sample = torch.tensor([[0.7, 0.3], [0.7, 0.3], [0.2, 0.8], [0.2, 0.8]])
+    expected = gdpo_advantages(rewards, [1.0, 1.0], group_size=2)  # reference to rebuild the combination
+    per_reward = torch.stack([group_advantages(rewards[:, k], group_size=2) for k in range(2)], dim=1)
+    combined = (per_reward * per_sample).sum(1)
+    torch.testing.assert_close(gdpo_advantages(rewards, per_sample, group_size=2),
+                               (combined - combined.mean()) / (combined.std(unbiased=False) + 1e-4))
+    # Rows that all carry the same weights give what the K weights give.
+    torch.testing.assert_close(gdpo_advantages(rewards, torch.tensor([[0.5, 2.0]] * 4), group_size=2),
+                               gdpo_advantages(rewards, [0.5, 2.0], group_size=2))
+    assert expected.shape == (4,)
+    # A reward scaled down before normalisation is unchanged by it (up to eps: only on/off counts); after, the
+    # weight counts.
+    scaled = rewards * torch.tensor([1.0, 0.1])
+    torch.testing.assert_close(gdpo_advantages(scaled, [1.0, 1.0], group_size=2), expected, atol=1e-3, rtol=0)
+    with pytest.raises(ValueError, match="weights"):
+        gdpo_advantages(rewards, torch.ones(3, 2), group_size=2)

@@ -6,7 +6,8 @@ import numpy as np
 import pytest
 import torch
 
-from deepgen import builtin, shapeeval, world
+from deepgen import builtin
+from deepgen.nano import shapeeval, world
 from deepgen.builtin import BUILTIN_CHECKPOINTS
 from deepgen.config import get_preset
 from deepgen.pipeline import DeepGenPipeline

@@ -126,3 +126,11 @@ def test_policy_gradient_step_raises_the_reward():
     with torch.no_grad():
         policy.bias -= 0.1 * policy.bias.grad.sign()
     assert reward(rollout(7)).mean() > before + 0.05  # same noise, policy moved along the gradient
+
+
+def test_shared_initial_noise_repeats_one_draw_per_group():
+    shared = initial_noise(3, 4, 2, 2, torch.Generator().manual_seed(5), shared=True)
+    first = initial_noise(1, 4, 2, 2, torch.Generator().manual_seed(5))
+    assert shared.shape == (3, 4, 2, 2) and all(torch.equal(row, first[0]) for row in shared)
+    independent = initial_noise(3, 4, 2, 2, torch.Generator().manual_seed(5))
+    assert torch.equal(independent[0], first[0]) and not torch.equal(independent[1], independent[0])

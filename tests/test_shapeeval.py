@@ -1,4 +1,4 @@
-"""Tests for ShapeEval (deepgen/shapeeval.py): ground truth scores ~1, corrupted outputs score low."""
+"""Tests for ShapeEval (deepgen/nano/shapeeval.py): ground truth scores ~1, corrupted outputs score low."""
 
 import json
 import random
@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 from PIL import Image, ImageFilter
 
-from deepgen import shapeeval, world
+from deepgen.nano import shapeeval, world
 
 
 def _eval_samples(capability: str, n: int = 100) -> list[world.Sample]:

@@ -24,6 +24,12 @@ import stage3_grpo  # noqa: E402
 FAST = ["grpo.num_inference_steps=2", "grpo.updates_per_step=1"]
 
 
+@pytest.fixture
+def data(tiny_data) -> str:
+    """The SFT-aux data override: the tiny config's parquet shards, written by train/nano/make_data.py."""
+    return f"data.sources.0.path={tiny_data}"
+
+
 def _log(output_dir: Path) -> list[dict]:
     return [json.loads(line) for line in (output_dir / "loss_log.jsonl").read_text().splitlines() if line.strip()]
 
@@ -32,11 +38,11 @@ def _weights(output_dir: Path, step: int) -> dict[str, torch.Tensor]:
     return load_file(str(output_dir / "checkpoints" / f"checkpoint-{step}" / "trainable.safetensors"))
 
 
-def test_two_step_run_checkpoints_resumes_exactly_and_logs_every_reward(tmp_path):
+def test_two_step_run_checkpoints_resumes_exactly_and_logs_every_reward(tmp_path, data):
     straight, resumed = tmp_path / "straight", tmp_path / "resumed"
-    final = stage3_grpo.main(["--config", CONFIG, f"output_dir={straight}", *FAST])
-    stage3_grpo.main(["--config", CONFIG, f"output_dir={resumed}", "max_steps=1", "save_final=false", *FAST])
-    stage3_grpo.main(["--config", CONFIG, f"output_dir={resumed}", *FAST])  # continues from checkpoint-1
+    final = stage3_grpo.main(["--config", CONFIG, f"output_dir={straight}", data, *FAST])
+    stage3_grpo.main(["--config", CONFIG, f"output_dir={resumed}", data, "max_steps=1", "save_final=false", *FAST])
+    stage3_grpo.main(["--config", CONFIG, f"output_dir={resumed}", data, *FAST])  # continues from checkpoint-1
 
     from deepgen import DeepGenPipeline
 
@@ -55,6 +61,17 @@ def test_two_step_run_checkpoints_resumes_exactly_and_logs_every_reward(tmp_path
     assert png.read_bytes()[:4] == b"\x89PNG"
 
 
+def test_the_authors_rl_options_run(tmp_path, data):
+    """Shared noise, their log-prob and KL forms, per-sample weights on the advantages: one step runs and logs."""
+    stage3_grpo.main(["--config", CONFIG, f"output_dir={tmp_path}", data, "max_steps=1", "save_final=false", *FAST,
+                      "grpo.shared_noise=true", "grpo.log_prob_form=negative_squared_error",
+                      "grpo.kl_form=velocity_over_variance", "grpo.sample_weights_on=advantages"])
+    (row,) = _log(tmp_path)
+    assert row["ratio_mean"] == 1.0 and row["kl"] == 0.0 and "reward/shapeeval" in row
+    with pytest.raises(ValueError, match="sample_weights_on=advantages"):
+        stage3_grpo.load_stage3_config(CONFIG, ["grpo.sample_weights_on=advantages", "grpo.advantage=grpo"])
+
+
 def test_reward_log_reads_the_last_row_per_step_up_to_max_step(tmp_path):
     log = tmp_path / "loss_log.jsonl"
     rows = [{"step": 1, "reward/a": 0.1}, {"step": 2, "reward/a": 0.2}, {"step": 2, "reward/a": 0.25},
@@ -65,10 +82,10 @@ def test_reward_log_reads_the_last_row_per_step_up_to_max_step(tmp_path):
 
 
 def test_config_overrides_and_errors():
-    train, grpo = stage3_grpo.load_stage3_config(CONFIG, ["grpo.kl_beta=0", "grpo.rewards.ocr=null",
-                                                         "grpo.prompts.world_samples=4", "optim.lr=1e-5"])
-    assert grpo.kl_beta == 0.0 and grpo.rewards.ocr is None and grpo.prompts.world_samples == 4
-    assert train.optim.lr == 1e-5 and grpo.rewards.shapeeval.weight == 1.0
+    train, grpo = stage3_grpo.load_stage3_config(CONFIG, ["grpo.kl_beta=0", "grpo.rewards.glyph=null",
+                                                         "grpo.prompts.options.samples=4", "optim.lr=1e-5"])
+    assert grpo.kl_beta == 0.0 and grpo.rewards["glyph"] is None and grpo.prompts.options["samples"] == 4
+    assert train.optim.lr == 1e-5 and grpo.rewards["shapeeval"].weight == 1.0
     with pytest.raises(ValueError, match="grpo.nonsense"):
         stage3_grpo.load_stage3_config(CONFIG, ["grpo.nonsense=1"])
     with pytest.raises(ValueError, match="sde_type"):
@@ -76,7 +93,7 @@ def test_config_overrides_and_errors():
     with pytest.raises(ValueError, match="DiT only"):
         stage3_grpo.load_stage3_config(CONFIG, ["train_connector=true"])
     with pytest.raises(ValueError, match="no reward"):
-        stage3_grpo.load_stage3_config(CONFIG, ["grpo.rewards.shapeeval=null", "grpo.rewards.ocr=null"])
+        stage3_grpo.load_stage3_config(CONFIG, ["grpo.rewards.shapeeval=null", "grpo.rewards.glyph=null"])
 
 
 def test_authors_config_loads_with_their_defaults():
@@ -85,19 +102,25 @@ def test_authors_config_loads_with_their_defaults():
     assert (train.optim.lr, grpo.group_size, grpo.clip_range, grpo.kl_beta, grpo.sft_lambda) == authors
     assert (grpo.num_inference_steps, train.data.resolution, grpo.timestep_fraction) == (50, 512, 0.6)
     assert (grpo.sde_type, grpo.advantage) == ("cps", "gdpo")
-    assert {"vlm_judge", "ocr", "clip"} == {k for k, v in vars(grpo.rewards).items() if v is not None}
+    assert {"vlm_judge", "ocr", "clip"} == {k for k, v in grpo.rewards.items() if v is not None}
+    # docs/training.md: conditional-only rollouts with eta 1.0, constant lr after 20 warm-up steps, no weight decay.
+    assert (grpo.guidance_scale, grpo.noise_level) == (1.0, 1.0)
+    assert (train.optim.lr_scheduler, train.optim.warmup_steps, train.optim.weight_decay) == \
+        ("constant_with_warmup", 20, 0.0)
+    assert (grpo.shared_noise, grpo.log_prob_form, grpo.kl_form, grpo.sample_weights_on, grpo.updates_per_step) == \
+        (True, "negative_squared_error", "velocity_over_variance", "advantages", 1)
 
 
 def test_nano_config_is_the_shipped_recipe():
     """deepgen-nano (RL) averages three runs of this config (docs/rl.md, round 7); it must stay what they ran."""
     train, grpo = stage3_grpo.load_stage3_config(str(ROOT / "train" / "configs" / "nano-stage3.yaml"))
     assert (train.optim.lr, train.max_steps, grpo.kl_beta, grpo.sft_lambda) == (5e-5, 60, 0.0, 0.0)
-    assert grpo.prompts.world_capabilities == ["generation", "reasoning_generation"]
-    assert {k for k, v in vars(grpo.rewards).items() if v is not None} == {"shapeeval"}
+    assert grpo.prompts.options["capabilities"] == ["generation", "reasoning_generation"]
+    assert {k for k, v in grpo.rewards.items() if v is not None} == {"shapeeval"}
     assert (grpo.sde_type, grpo.num_inference_steps, grpo.guidance_scale) == ("flow_grpo", 12, 3.0)
 
 
-def test_two_processes_through_accelerate(tmp_path):
+def test_two_processes_through_accelerate(tmp_path, data):
     """`accelerate launch` with 2 CPU processes (gloo): rewards are gathered for GDPO, gradients all-reduced."""
     # accelerate's CPU multi-process mode: the torchrun launcher (--multi_gpu) with ACCELERATE_USE_CPU -> gloo.
     env = {**os.environ, "OMP_NUM_THREADS": "1", "ACCELERATE_USE_CPU": "true"}
@@ -108,7 +131,7 @@ def test_two_processes_through_accelerate(tmp_path):
                "--num_machines", "1", "--mixed_precision", "no", "--dynamo_backend", "no",
                "--main_process_port", str(port),
                str(ROOT / "train" / "stage3_grpo.py"), "--config", CONFIG, f"output_dir={tmp_path}", "max_steps=1",
-               *FAST]
+               data, *FAST]
     result = subprocess.run(command, cwd=ROOT, env=env, capture_output=True, text=True, timeout=600)
     assert result.returncode == 0, result.stderr[-3000:]
     state = json.loads((tmp_path / "checkpoints" / "checkpoint-1" / "trainer_state.json").read_text())

@@ -18,7 +18,7 @@ from safetensors.torch import load_file
 
 from deepgen import DeepGenPipeline
 from deepgen.lora import has_lora
-from deepgen.training import trainer
+from deepgen.training import checkpoints, trainer
 from deepgen.training.config import load_config
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -26,10 +26,20 @@ CONFIGS = ROOT / "train" / "configs"
 
 
 def _load_script(name: str):
+    if str(ROOT / "train") not in sys.path:  # stage 2 imports stage 1's loop, as when run as a script
+        sys.path.insert(0, str(ROOT / "train"))
     spec = importlib.util.spec_from_file_location(name, ROOT / "train" / f"{name}.py")
     module = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(module)
     return module
+
+
+DATA: list[str] = []  # the override pointing the tiny configs at their parquet shards (set per test)
+
+
+@pytest.fixture(autouse=True)
+def _tiny_data(tiny_data):
+    DATA[:] = [f"data.sources.0.path={tiny_data}"]
 
 
 @pytest.fixture(autouse=True)
@@ -40,7 +50,7 @@ def _fresh_accelerate_state():
 
 
 def _run(script, config: str, output_dir: Path, *overrides: str) -> Path:
-    final = script.main(["--config", str(CONFIGS / config), f"output_dir={output_dir}", *overrides])
+    final = script.main(["--config", str(CONFIGS / config), f"output_dir={output_dir}", *DATA, *overrides])
     AcceleratorState._reset_state(reset_partial_state=True)
     GradientState._reset_state()
     return Path(final)
@@ -69,7 +79,7 @@ def _run_killed_after_step(script, config, output_dir, step, monkeypatch, *overr
 
 
 def _assert_same_weights(a: Path, b: Path) -> None:
-    left, right = load_file(a / trainer.TRAINABLE_WEIGHTS), load_file(b / trainer.TRAINABLE_WEIGHTS)
+    left, right = load_file(a / checkpoints.TRAINABLE_WEIGHTS), load_file(b / checkpoints.TRAINABLE_WEIGHTS)
     assert left.keys() == right.keys()
     for name in left:
         assert torch.equal(left[name], right[name]), name
@@ -93,7 +103,7 @@ def test_stage1_resume_after_kill_matches_uninterrupted_run(tmp_path, monkeypatc
     assert _losses(tmp_path / "full") == _losses(tmp_path / "killed")
 
     # Only the bridge moved, and final/ is a loadable pipeline holding it.
-    trained = load_file(full / "checkpoint-2" / trainer.TRAINABLE_WEIGHTS)
+    trained = load_file(full / "checkpoint-2" / checkpoints.TRAINABLE_WEIGHTS)
     assert all(name.startswith("connector.") for name in trained)
     pipe = DeepGenPipeline.from_pretrained(final)
     initial = DeepGenPipeline.from_config("tiny", seed=0)
@@ -113,13 +123,13 @@ def test_stage2_from_stage1_with_lora_and_ema_resumes_exactly(tmp_path, monkeypa
     _run(stage2, "tiny-stage2.yaml", tmp_path / "killed", *overrides)
     _assert_same_weights(tmp_path / "full" / "checkpoints" / "checkpoint-2",
                          tmp_path / "killed" / "checkpoints" / "checkpoint-2")
-    ema_full = torch.load(tmp_path / "full" / "checkpoints" / "checkpoint-2" / trainer.EMA_STATE, weights_only=False)
-    ema_killed = torch.load(tmp_path / "killed" / "checkpoints" / "checkpoint-2" / trainer.EMA_STATE,
+    ema_full = torch.load(tmp_path / "full" / "checkpoints" / "checkpoint-2" / checkpoints.EMA_STATE, weights_only=False)
+    ema_killed = torch.load(tmp_path / "killed" / "checkpoints" / "checkpoint-2" / checkpoints.EMA_STATE,
                             weights_only=False)
     for a, b in zip(ema_full["shadow_params"], ema_killed["shadow_params"]):
         assert torch.equal(a, b)
 
-    trained = load_file(tmp_path / "full" / "checkpoints" / "checkpoint-2" / trainer.TRAINABLE_WEIGHTS)
+    trained = load_file(tmp_path / "full" / "checkpoints" / "checkpoint-2" / checkpoints.TRAINABLE_WEIGHTS)
     assert any(n.startswith("transformer.") for n in trained) and any("lora_" in n for n in trained)
     assert not any(n.startswith("vlm.") and "lora_" not in n for n in trained)
     pipe = DeepGenPipeline.from_pretrained(final)
@@ -151,11 +161,11 @@ def test_two_process_gloo_run_through_accelerate(tmp_path):
     command = [sys.executable, "-m", "accelerate.commands.launch", "--multi_gpu", "--num_processes", "2",
                "--num_machines", "1", "--mixed_precision", "no", "--dynamo_backend", "no",
                "--main_process_port", str(_free_port()), str(ROOT / "train" / "stage2_sft.py"),
-               "--config", str(CONFIGS / "tiny-stage2.yaml"), f"output_dir={tmp_path}"]
+               "--config", str(CONFIGS / "tiny-stage2.yaml"), f"output_dir={tmp_path}", *DATA]
     result = subprocess.run(command, check=False, env=env, cwd=ROOT, capture_output=True, text=True, timeout=300)
     assert result.returncode == 0, result.stderr[-3000:]
     checkpoint = tmp_path / "checkpoints" / "checkpoint-2"
-    assert json.loads((checkpoint / trainer.TRAINER_STATE).read_text())["num_processes"] == 2
+    assert json.loads((checkpoint / checkpoints.TRAINER_STATE).read_text())["num_processes"] == 2
     assert (checkpoint / "data_state_0.pt").is_file() and (checkpoint / "data_state_1.pt").is_file()
     assert (checkpoint / "random_states_1.pkl").is_file()
     assert len(_losses(tmp_path)) == 2 and (tmp_path / "final" / "model_index.json").is_file()

@@ -1,5 +1,5 @@
 """Training plumbing: the freeze/LoRA schedule (exactly the intended parameters get gradients), the LR schedule,
-atomic checkpoints (a crash mid-save leaves the previous one intact, no temp folders), resume bookkeeping."""
+the loss log's resume bookkeeping (checkpoints: test_checkpoints.py)."""
 
 from __future__ import annotations
 
@@ -8,7 +8,6 @@ import json
 import pytest
 import torch
 from accelerate.state import AcceleratorState, GradientState
-from safetensors.torch import load_file
 
 from deepgen import DeepGenPipeline
 from deepgen.training import trainer
@@ -117,72 +116,6 @@ def test_lr_schedule_warmup_then_cosine(tmp_path):
     assert rates[55] == pytest.approx(0.5) and rates[99] < 1e-3
 
 
-class _Boom(RuntimeError):
-    pass
-
-
-def _manager(tmp_path, keep=2):
-    config = _config(tmp_path, f"keep_checkpoints={keep}")
-    accelerator = trainer.build_accelerator(config)
-    weight = torch.nn.Parameter(torch.arange(4.0))
-    optimizer = trainer.build_optimizer([weight], config.optim)
-    schedule = trainer.build_lr_scheduler(optimizer, config)
-    optimizer, schedule = accelerator.prepare(optimizer, schedule)
-    return trainer.CheckpointManager(str(tmp_path), accelerator, [("w", weight)], keep=keep), weight, accelerator
-
-
-def test_checkpoint_crash_mid_save_keeps_previous_and_leaks_nothing(tmp_path, monkeypatch):
-    manager, weight, accelerator = _manager(tmp_path)
-    first = manager.save(1)
-    assert torch.equal(load_file(first / trainer.TRAINABLE_WEIGHTS)["w"], torch.arange(4.0))
-    with torch.no_grad():
-        weight.add_(10)
-
-    real_save_state = accelerator.save_state
-
-    def crash_after_partial_write(output_dir, **kwargs):
-        real_save_state(output_dir, **kwargs)  # files are half-way there when the "crash" happens
-        raise _Boom("disk full")
-
-    monkeypatch.setattr(accelerator, "save_state", crash_after_partial_write)
-    with pytest.raises(_Boom):
-        manager.save(2)
-    assert manager.checkpoints() == [first]
-    assert sorted(p.name for p in manager.root.iterdir()) == ["checkpoint-1"]  # no temp folder left
-    assert json.loads((first / trainer.TRAINER_STATE).read_text())["step"] == 1
-    assert torch.equal(load_file(first / trainer.TRAINABLE_WEIGHTS)["w"], torch.arange(4.0))
-
-
-def test_stale_temp_folders_are_cleaned_and_old_checkpoints_pruned(tmp_path):
-    stale = tmp_path / "checkpoints" / f"{trainer.TEMP_PREFIX}checkpoint-7"
-    stale.mkdir(parents=True)
-    (stale / "optimizer.bin").write_bytes(b"half")
-    manager, _, _ = _manager(tmp_path, keep=2)
-    assert not stale.exists()  # a killed run's leftovers are removed at start-up
-    for step in (1, 2, 3):
-        manager.save(step)
-    assert [p.name for p in manager.checkpoints()] == ["checkpoint-2", "checkpoint-3"]
-    assert manager.resolve("latest").name == "checkpoint-3" and manager.resolve(None) is None
-    with pytest.raises(ValueError, match="not a checkpoint folder"):
-        manager.resolve(str(tmp_path))
-
-
-def test_resume_restores_trainable_weights(tmp_path):
-    manager, weight, _ = _manager(tmp_path)
-    manager.save(5)
-    with torch.no_grad():
-        weight.zero_()
-    assert manager.resume("latest") == 5
-    assert torch.equal(weight.detach(), torch.arange(4.0))
-
-
-def test_load_trainable_refuses_a_different_schedule(tmp_path):
-    manager, _, _ = _manager(tmp_path)
-    path = manager.save(1) / trainer.TRAINABLE_WEIGHTS
-    with pytest.raises(ValueError, match="missing.*unexpected"):
-        trainer.load_trainable([("other", torch.nn.Parameter(torch.zeros(4)))], path)
-
-
 def test_loss_log_drops_lines_after_the_resumed_step(tmp_path):
     config = _config(tmp_path)
     accelerator = trainer.build_accelerator(config)
@@ -192,3 +125,61 @@ def test_loss_log_drops_lines_after_the_resumed_step(tmp_path):
     trainer.LossLog(str(tmp_path), accelerator, resumed_step=2)
     lines = [json.loads(line) for line in (tmp_path / trainer.LOSS_LOG).read_text().splitlines()]
     assert [line["step"] for line in lines] == [1, 2]
+
+
+def test_weight_decay_only_on_matrices(tmp_path):
+    matrix, bias, tokens = (torch.nn.Parameter(torch.ones(3, 2)), torch.nn.Parameter(torch.ones(3)),
+                            torch.nn.Parameter(torch.ones(4, 2)))
+    groups = trainer.weight_decay_groups([matrix, bias, tokens], 0.05)
+    assert [[id(p) for p in g["params"]] for g in groups] == [[id(matrix), id(tokens)], [id(bias)]]
+    assert [g["weight_decay"] for g in groups] == [0.05, 0.0]
+    config = _config(tmp_path, "optim.decay_matrices_only=true", "optim.lr=0.1", "optim.weight_decay=0.5")
+    optimizer = trainer.build_optimizer([matrix, bias], config.optim)
+    for p in (matrix, bias):
+        p.grad = torch.zeros_like(p)
+    optimizer.step()  # zero gradients: only decoupled weight decay moves the weights
+    assert torch.allclose(matrix, torch.full_like(matrix, 1 - 0.1 * 0.5)) and torch.equal(bias.detach(), torch.ones(3))
+
+
+def test_warmup_steps_replace_the_ratio(tmp_path):
+    config = _config(tmp_path, "max_steps=100", "optim.warmup_ratio=0.5", "optim.warmup_steps=4", "optim.lr=1.0",
+                     "optim.lr_scheduler=constant_with_warmup")
+    optimizer = trainer.build_optimizer([torch.nn.Parameter(torch.zeros(1))], config.optim)
+    schedule = trainer.build_lr_scheduler(optimizer, config)
+    rates = []
+    for _ in range(6):
+        rates.append(schedule.get_last_lr()[0])
+        optimizer.step()
+        schedule.step()
+    assert rates == pytest.approx([0.0, 0.25, 0.5, 0.75, 1.0, 1.0])
+
+
+def test_xavier_connector_init_is_the_authors(tmp_path):
+    from deepgen.config import get_preset
+    from deepgen.connector import build_connector
+
+    torch.manual_seed(0)
+    encoder = build_connector(get_preset("tiny").connector)
+    trainer.xavier_init_connector(encoder)
+    attention, mlp = encoder.layers[0].self_attn, encoder.layers[0].mlp
+    fan_in, fan_out = attention.q_proj.in_features, attention.q_proj.out_features
+    bound = (6 / (fan_in + fan_out)) ** 0.5
+    assert attention.q_proj.weight.abs().max() <= bound and attention.q_proj.weight.abs().max() > 0.8 * bound
+    assert not attention.out_proj.bias.any() and 0 < mlp.fc1.bias.abs().max() < 1e-5
+    with pytest.raises(ValueError, match="connector_init"):
+        _config(tmp_path, "model.connector_init=he")
+
+
+@pytest.mark.parametrize("edit", [False, True])
+def test_flow_matching_loss_on_an_aspect_bucket_batch(tmp_path, edit):
+    """data.image_process=fix_pixels gives non-square batches (and edit sources of the target's size)."""
+    config = _config(tmp_path)
+    pipe = DeepGenPipeline.from_config("tiny", seed=0)
+    trainer.apply_training_schedule(pipe, config)
+    generator = torch.Generator().manual_seed(1)
+    pixels = torch.rand(2, 3, 32, 64, generator=generator) * 2 - 1
+    batch = Batch(pixels, ["a red circle", ""], torch.rand(2, 3, 32, 64, generator=generator) * 2 - 1 if edit else None)
+    loss = trainer.flow_matching_loss_on_batch(pipe, trainer.TrainingModule(pipe.model), batch,
+                                               trainer.training_scheduler(pipe), config.loss,
+                                               torch.Generator().manual_seed(0), trainer.build_accelerator(config))
+    assert torch.isfinite(loss)

@@ -1,4 +1,4 @@
-"""Data loading for stages 1-2: parquet / imagefolder / webdataset / world sources, preprocessing, bad-record
+"""Data loading for stages 1-2: parquet / imagefolder / webdataset sources, preprocessing, bad-record
 counting, weighted mixing, homogeneous batches, rank sharding and exact resume. Tiny shards built in the test."""
 
 from __future__ import annotations
@@ -23,8 +23,10 @@ from deepgen.training.data import (
     load_source,
     preprocess_row,
     resize_center_crop,
-    write_world_parquet,
+    resize_cover_crop,
+    resize_to_area,
 )
+from deepgen.nano import world
 
 SIZE = 32
 
@@ -41,7 +43,7 @@ def _stream(sources, datasets_, batch_size=2, **kwargs) -> MixedBatchStream:
 
 @pytest.fixture(scope="module")
 def world_parquet(tmp_path_factory):
-    return write_world_parquet(tmp_path_factory.mktemp("world") / "train.parquet", n=10, size=SIZE)
+    return world.write_parquet(world.dataset("train", 10), tmp_path_factory.mktemp("world") / "train.parquet", SIZE)
 
 
 def test_resize_center_crop_keeps_the_centre():
@@ -76,7 +78,7 @@ def test_collate_refuses_mixed_kinds():
 
 def test_parquet_world_source_gives_homogeneous_batches(world_parquet, tmp_path):
     source = DataSourceConfig(path=str(world_parquet))  # format auto -> parquet
-    dataset = load_source(source, SIZE, cache_dir=str(tmp_path / "cache"))
+    dataset = load_source(source, cache_dir=str(tmp_path / "cache"))
     stream = _stream([source], [dataset], batch_size=2, caption_dropout=0.0)
     kinds = set()
     for _ in range(4):
@@ -105,7 +107,7 @@ def test_bad_records_are_skipped_and_counted(tmp_path):
     path = tmp_path / "bad.parquet"
     datasets.Dataset.from_list(rows, features=features).to_parquet(str(path))
     source = DataSourceConfig(path=str(path), format="parquet")
-    stream = _stream([source], [load_source(source, SIZE, cache_dir=str(tmp_path / "cache"))], batch_size=1,
+    stream = _stream([source], [load_source(source, cache_dir=str(tmp_path / "cache"))], batch_size=1,
                      caption_dropout=0.0)
     batches = [stream.next_batch() for _ in range(10)]  # one good row per epoch of 5 rows: ~10 epochs
     assert all(b.pixel_values.shape == (1, 3, SIZE, SIZE) and b.prompts == ["red"] for b in batches)
@@ -130,7 +132,7 @@ def test_imagefolder_with_edit_sources_and_a_corrupt_file(tmp_path):
             {"file_name": "broken.png", "source_image_file_name": None, "prompt": "broken"}]
     (folder / "metadata.jsonl").write_text("\n".join(json.dumps(r) for r in rows) + "\n")
     source = DataSourceConfig(path=str(folder))  # format auto -> imagefolder
-    stream = _stream([source], [load_source(source, SIZE, cache_dir=str(tmp_path / "cache"))], batch_size=1,
+    stream = _stream([source], [load_source(source, cache_dir=str(tmp_path / "cache"))], batch_size=1,
                      caption_dropout=0.0)
     batches = [stream.next_batch() for _ in range(4)]
     assert {b.prompts[0] for b in batches} == {"make it red", "blue"}
@@ -155,7 +157,7 @@ def test_webdataset_shards_with_column_mapping(tmp_path):
         add(tar, "002.txt", b"")
     source = DataSourceConfig(path=str(tmp_path / "shard-{000..000}.tar"), image_column="png", prompt_column="txt",
                               source_image_column=None)
-    stream = _stream([source], [load_source(source, SIZE, cache_dir=str(tmp_path / "cache"))], batch_size=1,
+    stream = _stream([source], [load_source(source, cache_dir=str(tmp_path / "cache"))], batch_size=1,
                      caption_dropout=0.0)
     assert [stream.next_batch().prompts for _ in range(2)] == [["a red picture"]] * 2
     assert stream.stats["skipped_unreadable_image"] >= 1 and stream.stats["skipped_empty_prompt"] >= 1
@@ -164,13 +166,14 @@ def test_webdataset_shards_with_column_mapping(tmp_path):
 def test_missing_column_error_names_the_columns(world_parquet, tmp_path):
     source = DataSourceConfig(path=str(world_parquet), prompt_column="caption")
     with pytest.raises(ValueError, match="no column 'caption'.*prompt_column"):
-        load_source(source, SIZE, cache_dir=str(tmp_path / "cache"))
+        load_source(source, cache_dir=str(tmp_path / "cache"))
 
 
 def test_resume_gives_the_same_batches(world_parquet, tmp_path):
     sources = [DataSourceConfig(path=str(world_parquet), weight=1.0),
-               DataSourceConfig(format="world", path="train", world_samples=6, world_seed=3, weight=2.0)]
-    loaded = [load_source(s, SIZE, cache_dir=str(tmp_path / "cache")) for s in sources]
+               DataSourceConfig(path=str(world.write_parquet(world.dataset("train", 6, seed=3), tmp_path / "b.parquet",
+                                                             SIZE)), weight=2.0)]
+    loaded = [load_source(s, cache_dir=str(tmp_path / "cache")) for s in sources]
     reference = _stream(sources, loaded, seed=5)
     for _ in range(3):
         reference.next_batch()
@@ -189,7 +192,7 @@ def test_streamed_source_resumes_exactly(world_parquet, tmp_path, monkeypatch):
     source = DataSourceConfig(path=str(world_parquet), streaming=True)
 
     def make():
-        return _stream([source], [load_source(source, SIZE)], batch_size=1, shuffle_buffer=4)
+        return _stream([source], [load_source(source)], batch_size=1, shuffle_buffer=4)
 
     reference = make()
     reference.next_batch()
@@ -224,3 +227,34 @@ def test_caption_dropout_extremes(world_parquet, tmp_path):
     assert build_stream(config, batch_size=2).next_batch().prompts == ["", ""]
     config.caption_dropout = 0.0
     assert all(build_stream(config, batch_size=2).next_batch().prompts)
+
+
+def test_edit_caption_dropout_applies_to_edit_batches_only(world_parquet, tmp_path):
+    config = DataConfig(sources=[DataSourceConfig(path=str(world_parquet))], resolution=SIZE, caption_dropout=1.0,
+                        edit_caption_dropout=0.0, cache_dir=str(tmp_path / "cache"))
+    stream = build_stream(config, batch_size=1)
+    batches = [stream.next_batch() for _ in range(8)]
+    assert {b.is_edit for b in batches} == {True, False}  # the world mixes both kinds
+    for batch in batches:
+        assert bool(batch.prompts[0]) == batch.is_edit  # t2i captions all dropped, edit instructions all kept
+
+
+def test_aspect_buckets_keep_the_area_and_round_sides_up_to_32():
+    assert resize_to_area(Image.new("RGB", (1024, 768)), 512).size == (608, 448)
+    assert resize_to_area(Image.new("RGB", (300, 300)), 512).size == (512, 512)
+    assert resize_to_area(Image.new("RGB", (2000, 500)), 512).size == (1024, 256)
+    image = Image.new("RGB", (60, 30), (0, 0, 255))
+    image.paste((255, 0, 0), (20, 0, 40, 30))  # a red middle third
+    source = resize_cover_crop(image, 32, 32)  # a source brought to its target's bucket
+    assert source.size == (32, 32) and source.getpixel((16, 16)) == (255, 0, 0)
+
+
+def test_fix_pixels_batches_group_rows_of_one_size():
+    wide, tall = _png((255, 0, 0), size=(64, 32)), _png((0, 0, 255), size=(32, 64))
+    rows = [{"image": wide if i % 2 else tall, "prompt": f"p{i}"} for i in range(12)]
+    source = DataSourceConfig(path="mixed", source_image_column=None)
+    stream = _stream([source], [datasets.Dataset.from_list(rows)], batch_size=2, caption_dropout=0.0,
+                     image_process="fix_pixels")
+    shapes = {tuple(stream.next_batch().pixel_values.shape) for _ in range(4)}
+    assert shapes == {(2, 3, 32, 64), (2, 3, 64, 32)}  # SIZE 32: about 32² px, sides multiples of 32
+    assert {key for key in stream.pending} >= {"t2i@64x32", "t2i@32x64"}

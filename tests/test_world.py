@@ -1,4 +1,4 @@
-"""Tests for the procedural shape world (deepgen/world.py)."""
+"""Tests for the procedural shape world (deepgen/nano/world.py)."""
 
 import json
 import random
@@ -6,7 +6,7 @@ import random
 import numpy as np
 import pytest
 
-from deepgen import world
+from deepgen.nano import world
 
 
 def _pairs(scene: world.Scene) -> set[tuple[str, str]]:

@@ -3,7 +3,7 @@
 Each model is evaluated by ``train/evaluate.py`` on the same draws of samples (same split, ``--eval-seed``,
 ``--per-capability``, sampler settings and noise ``--seed``); pass the files of each draw in the same order. The
 draws are pooled, and the difference candidate - base is reported per capability and overall with a 95% paired
-bootstrap interval (:func:`deepgen.shapeeval.compare`):
+bootstrap interval (:func:`deepgen.nano.shapeeval.compare`):
 
     python train/compare_evals.py --base runs/nano2/eval/seed2-sft.json runs/nano2/eval/seed3-sft.json \
         --candidate runs/nano2/eval/seed2-rl.json runs/nano2/eval/seed3-rl.json
@@ -16,7 +16,7 @@ import json
 from pathlib import Path
 from typing import Any
 
-from deepgen import shapeeval
+from deepgen.nano import shapeeval
 
 # evaluate.py settings that may differ between the two files of a pair (they change neither the samples drawn
 # nor their noise: batch k of a kind draws seed + k, so the batch size must match).
@@ -42,7 +42,7 @@ def load_pairs(base: list[Path], candidate: list[Path]) -> tuple[list[dict[str, 
 
 
 def format_comparison(table: dict[str, dict[str, float]], level: float) -> str:
-    """Markdown table of :func:`deepgen.shapeeval.compare`'s result."""
+    """Markdown table of :func:`deepgen.nano.shapeeval.compare`'s result."""
     lines = [f"| capability | n | base | candidate | delta | {level:.0%} interval |", "|---|---:|---:|---:|---:|---|"]
     for name, row in table.items():
         label = f"**{name}**" if name == "overall" else name

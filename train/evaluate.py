@@ -1,8 +1,8 @@
 """ShapeEval of a DeepGen pipeline on the shape world's held-out evaluation split.
 
 Generates one image per held-out prompt (text-to-image) or edit (source image + instruction), reads every
-output back with :mod:`deepgen.shapeeval`, prints the per-capability table and writes it as JSON. The eval split
-is regenerated from its seed (``deepgen.world.dataset("eval", ...)``) and only holds (shape, colour) pairs that
+output back with :mod:`deepgen.nano.shapeeval`, prints the per-capability table and writes it as JSON. The eval split
+is regenerated from its seed (``deepgen.nano.world.dataset("eval", ...)``) and only holds (shape, colour) pairs that
 never occur in training. Besides the five capabilities, ``generation_single`` reports the single-object
 generation prompts alone (the issue's "colour and shape of single-object prompts" target), and
 ``generation_single/<colour> <shape>`` the same per (shape, colour) pair, which shows where it fails;
@@ -29,7 +29,7 @@ from typing import Any, Optional
 import numpy as np
 import torch
 
-from deepgen import shapeeval, world
+from deepgen.nano import shapeeval, world
 from deepgen.builtin import load_pipeline
 from deepgen.pipeline import DeepGenPipeline
 
@@ -61,7 +61,7 @@ def evaluate_pipeline(pipe: DeepGenPipeline, per_capability: int = 100, steps: i
     """Generate and score ``per_capability`` samples of each of ``capabilities`` of the world's ``split``.
 
     Returns:
-        :func:`deepgen.shapeeval.evaluate_dataset`'s results plus ``subsets["generation_single"]``: the scores of
+        :func:`deepgen.nano.shapeeval.evaluate_dataset`'s results plus ``subsets["generation_single"]``: the scores of
         the single-object generation prompts alone, ``subsets["generation_single/<colour> <shape>"]``: those
         of each (shape, colour) pair among them, and ``subsets["<editing capability>/<operation>"]``: the edits
         of each operation (add, background, move, recolour, remove).

@@ -93,7 +93,8 @@ def plot_samples(models: list[str], labels: list[str], out: Path, per_capability
     import matplotlib.pyplot as plt
     import torch
 
-    from deepgen import DeepGenPipeline, world
+    from deepgen import DeepGenPipeline
+    from deepgen.nano import world
 
     samples = world.dataset("eval", per_capability * len(world.CAPABILITIES), seed=0)
     samples.sort(key=lambda s: world.CAPABILITIES.index(s.capability))

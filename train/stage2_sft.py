@@ -10,7 +10,8 @@ the VLM; AdamW lr 5e-5, betas (0.9, 0.95), wd 0.05, clip 1.0, 1% warm-up then co
 
 Writes ``output_dir/checkpoints/checkpoint-<step>`` (resumable; a rerun with the same command continues from the
 newest one), ``output_dir/loss_log.jsonl``, ``output_dir/train_config.json`` and ``output_dir/final`` (a
-``DeepGenPipeline.save_pretrained`` folder).
+``DeepGenPipeline.save_pretrained`` folder). The loop is stage 1's (``train/stage1_align.py``), run with this
+stage's freeze/LoRA schedule.
 """
 
 from __future__ import annotations
@@ -18,7 +19,7 @@ from __future__ import annotations
 from typing import Optional, Sequence
 
 from deepgen.training.config import TrainConfig, parse_args
-from deepgen.training.sft import run_flow_matching_stage
+from stage1_align import train_flow_matching  # the flow-matching loop, shared with stage 1 (train/)
 
 
 def check_stage2_schedule(config: TrainConfig) -> None:
@@ -31,7 +32,7 @@ def check_stage2_schedule(config: TrainConfig) -> None:
 def main(argv: Optional[Sequence[str]] = None) -> str:
     config = parse_args(argv, description=__doc__.splitlines()[0])
     check_stage2_schedule(config)
-    return run_flow_matching_stage(config, stage="stage2_sft")
+    return train_flow_matching(config, stage="stage2_sft")
 
 
 if __name__ == "__main__":

@@ -1,8 +1,8 @@
-"""ShapeEval as a benchmark: the procedural shape world's eval split, scored offline by :mod:`deepgen.shapeeval`.
+"""ShapeEval as a benchmark: the procedural shape world's eval split, scored offline by :mod:`deepgen.nano.shapeeval`.
 
 This is the only module of :mod:`deepgen.bench` that imports the shape world and its evaluator.
 
-``--data`` is ``<split>[:<n>[:<seed>]]`` (default ``eval:500:0``): ``deepgen.world.dataset(split, n, seed)``,
+``--data`` is ``<split>[:<n>[:<seed>]]`` (default ``eval:500:0``): ``deepgen.nano.world.dataset(split, n, seed)``,
 cycling through the five capabilities. Layout: ``<capability>/<i:05d>.png`` (plus ``<i:05d>_source.png`` for
 edits), and ``scores.json`` / ``scores.md`` with each capability's criteria and a bootstrap interval of its mean.
 """
@@ -16,7 +16,7 @@ from typing import Any, Iterator, Optional, Sequence, Union
 import numpy as np
 from PIL import Image
 
-from .. import shapeeval, world
+from ..nano import shapeeval, world
 from .base import Benchmark, Defaults, Item, RecordError, save_png, save_text
 
 DEFAULT_SAMPLES = 500  # 100 per capability

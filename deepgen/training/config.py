@@ -22,9 +22,11 @@ import yaml
 
 from .flow_matching import LOSS_WEIGHTING_SCHEMES, TIMESTEP_SAMPLING_SCHEMES
 
-DATA_FORMATS = ("auto", "parquet", "imagefolder", "webdataset", "hub", "world")
+DATA_FORMATS = ("auto", "parquet", "imagefolder", "webdataset", "hub")
 MIXED_PRECISION = ("no", "fp16", "bf16")
 LR_SCHEDULERS = ("cosine", "constant", "linear", "constant_with_warmup")
+CONNECTOR_INITS = ("pytorch", "xavier")
+IMAGE_PROCESSES = ("center_crop", "fix_pixels")
 
 
 @dataclass
@@ -43,14 +45,17 @@ class ModelConfig:
     bridge_preset: str = "deepgen-1.0"
     # Seed of random weights: the whole model for a preset, the fresh bridge for base models.
     seed: int = 0
+    # Initialisation of a fresh bridge's connector encoder (with base models): "pytorch" (nn.Linear's default) or
+    # "xavier" (the authors': xavier-uniform attention and MLP weights; docs/training.md).
+    connector_init: str = "pytorch"
 
 
 @dataclass
 class DataSourceConfig:
     """One dataset of text-to-image pairs and/or edit triplets; rows without a source image are text-to-image."""
 
-    # A parquet file/glob, an imagefolder directory (images + metadata.jsonl), webdataset ``.tar`` shard(s)
-    # (file, glob or brace pattern), a hub dataset id, or for ``format: world`` the world split ("train"/"eval").
+    # A parquet file/glob/folder, an imagefolder directory (images + metadata.jsonl), webdataset ``.tar`` shard(s)
+    # (file, glob or brace pattern) or a hub dataset id.
     path: str = ""
     # One of DATA_FORMATS; "auto" guesses from ``path`` (.parquet, .tar, an existing directory, else hub).
     format: str = "auto"
@@ -68,23 +73,24 @@ class DataSourceConfig:
     prompt_column: str = "prompt"
     # Column holding the edit source image; null (or a missing/None value in a row) means text-to-image.
     source_image_column: Optional[str] = "source_image"
-    # Only for ``format: world``: number of procedurally generated samples, their seed and capabilities
-    # (null = all five); images are rendered at ``data.resolution``.
-    world_samples: int = 64
-    world_seed: int = 0
-    world_capabilities: Optional[list[str]] = None
 
 
 @dataclass
 class DataConfig:
     """Data sources and the authors' preprocessing."""
 
-    sources: list[DataSourceConfig] = field(default_factory=lambda: [DataSourceConfig(format="world", path="train")])
-    # Side of the square training images: resize the short side, then centre-crop (512 for DeepGen 1.0). Edit
-    # sources are brought to the same size so that their Kontext tokens align with the target's.
+    # The datasets mixed; null = none configured (stage 3 without the SFT-aux loss reads no data).
+    sources: Optional[list[DataSourceConfig]] = None
+    # Side of the square training images (512 for DeepGen 1.0), or of the bucket area with fix_pixels. Edit
+    # sources are brought to their target's size so that their Kontext tokens align with the target's.
     resolution: int = 512
+    # "center_crop" (the square above) or "fix_pixels" (the authors' aspect buckets: aspect kept at about
+    # resolution² pixels, sides rounded up to multiples of 32; batches group rows of one size).
+    image_process: str = "center_crop"
     # Probability of replacing a caption by "" so the model also learns the unconditional velocity for CFG.
     caption_dropout: float = 0.1
+    # The same for edit batches; null = caption_dropout. The authors drop captions of text-to-image rows only (0.0).
+    edit_caption_dropout: Optional[float] = None
     # Shuffle buffer for streamed sources (map-style sources are shuffled exactly by a seeded permutation).
     shuffle_buffer: int = 1000
     # Where the datasets library caches prepared parquet/imagefolder/webdataset data (null = its default).
@@ -109,11 +115,16 @@ class OptimConfig:
     lr: float = 1e-4
     betas: tuple[float, float] = (0.9, 0.95)
     weight_decay: float = 0.05
+    # Decay only tensors of 2 or more dimensions (matrices, embeddings, the think tokens), never biases or norm
+    # scales: the authors' CustomAdamW (deepgen src/optimisers/custom_adamw.py:12-19). false = decay everything.
+    decay_matrices_only: bool = False
     eps: float = 1e-8
     # One of LR_SCHEDULERS (diffusers.optimization.get_scheduler names).
     lr_scheduler: str = "cosine"
     # Fraction of ``max_steps`` spent warming up linearly from 0 (1% in the paper).
     warmup_ratio: float = 0.01
+    # Warm-up length in optimizer steps; when set it replaces ``warmup_ratio`` (stage 3: the authors' 20).
+    warmup_steps: Optional[int] = None
     # Clip the global gradient norm to this value; null disables clipping.
     max_grad_norm: Optional[float] = 1.0
 
@@ -222,19 +233,26 @@ def validate(config: TrainConfig) -> None:
         raise ValueError(f"checkpoint_every must be >= 0 (0 = only at the end), got {config.checkpoint_every}.")
     if config.keep_checkpoints is not None and config.keep_checkpoints < 1:
         raise ValueError(f"keep_checkpoints must be >= 1 or null, got {config.keep_checkpoints}.")
+    if config.optim.warmup_steps is not None and config.optim.warmup_steps < 0:
+        raise ValueError(f"optim.warmup_steps must be >= 0 or null, got {config.optim.warmup_steps}.")
     if not 0.0 <= config.optim.warmup_ratio < 1.0:
         raise ValueError(f"optim.warmup_ratio must be in [0, 1), got {config.optim.warmup_ratio}.")
     if not 0.0 <= config.data.caption_dropout <= 1.0:
         raise ValueError(f"data.caption_dropout must be in [0, 1], got {config.data.caption_dropout}.")
+    edit_dropout = config.data.edit_caption_dropout
+    if edit_dropout is not None and not 0.0 <= edit_dropout <= 1.0:
+        raise ValueError(f"data.edit_caption_dropout must be in [0, 1] or null, got {edit_dropout}.")
+    _choice("data.image_process", config.data.image_process, IMAGE_PROCESSES)
     if config.data.resolution < 16 or config.data.resolution % 16:
         raise ValueError(f"data.resolution must be a multiple of 16 (>= 16), got {config.data.resolution}.")
     model = config.model
+    _choice("model.connector_init", model.connector_init, CONNECTOR_INITS)
     if (model.pretrained is None) == (model.base_vlm is None or model.base_dit is None):
         raise ValueError("Give either model.pretrained (a pipeline folder or preset name) or both model.base_vlm and "
                          f"model.base_dit (with model.pretrained=null); got {model}.")
-    if not config.data.sources:
-        raise ValueError("data.sources is empty; give at least one dataset (see DataSourceConfig).")
-    for i, source in enumerate(config.data.sources):
+    if config.data.sources is not None and not config.data.sources:
+        raise ValueError("data.sources is empty; give at least one dataset (see DataSourceConfig), or null for none.")
+    for i, source in enumerate(config.data.sources or []):
         _choice(f"data.sources.{i}.format", source.format, DATA_FORMATS)
         if not source.path:
             raise ValueError(f"data.sources.{i}.path is empty; give a parquet file, folder, .tar shards or hub id.")
@@ -274,6 +292,13 @@ def _convert(tp: Any, value: Any, where: str) -> Any:
         if not isinstance(value, dict):
             raise ValueError(f"{where or 'config'} must be a mapping of {tp.__name__} fields, got {value!r}.")
         return build_config(tp, value, where)
+    if tp is Any:
+        return value
+    if origin is dict:
+        if not isinstance(value, dict):
+            raise ValueError(f"{where} must be a mapping, got {value!r}.")
+        _, item = typing.get_args(tp)
+        return {str(k): _convert(item, v, f"{where}.{k}") for k, v in value.items()}
     if origin is list:
         if not isinstance(value, (list, tuple)):
             raise ValueError(f"{where} must be a list, got {value!r}.")
@@ -325,15 +350,6 @@ def config_to_dict(config: TrainConfig) -> dict[str, Any]:
 # --- overrides --------------------------------------------------------------------------------------------------
 
 
-def _section_type(tp: Any) -> Any:
-    """The dataclass behind a field hint: ``Optional[X]`` -> X, ``list[X]`` -> X, else the hint itself."""
-    if typing.get_origin(tp) in (Union, types.UnionType):
-        tp = next(a for a in typing.get_args(tp) if a is not type(None))
-    if typing.get_origin(tp) is list:
-        tp = typing.get_args(tp)[0]
-    return tp
-
-
 def apply_override(data: dict[str, Any], override: str, schema: type = TrainConfig, section: str = "") -> None:
     """Apply one ``key.sub=value`` override to nested plain data in place (the value is parsed as YAML).
 
@@ -353,33 +369,41 @@ def apply_override(data: dict[str, Any], override: str, schema: type = TrainConf
             raise ValueError(f"Override {override!r} must start with {section}. (e.g. {section}.key=value).")
         parts = parts[1:]
     node: Any = data
-    cls: Any = schema
+    hint: Any = schema
     for depth, part in enumerate(parts):
         where = ".".join(([section] if section else []) + parts[: depth + 1])
         last = depth == len(parts) - 1
+        tp = _unwrap_optional(hint)
         if isinstance(node, list):
             if not part.isdigit() or int(part) >= len(node):
                 raise ValueError(f"Override {override!r}: {where} needs a list index in [0, {len(node) - 1}].")
             slot: Union[str, int] = int(part)
+            child = typing.get_args(tp)[0]
+        elif typing.get_origin(tp) is dict:  # a mapping field (e.g. grpo.rewards): any key
+            slot, child = part, typing.get_args(tp)[1]
         else:
-            slot = part
-            hints = typing.get_type_hints(cls)
+            hints = typing.get_type_hints(tp)
             if part not in hints:
                 raise ValueError(f"Unknown config key {where!r} in override {override!r}; valid keys here: "
                                  f"{sorted(hints)}.")
-            hint = hints[part]
+            slot, child = part, hints[part]
         if last:
             node[slot] = value
             return
-        if isinstance(node, dict) and node.get(slot) is None:
-            # A missing section: a list field starts from its default items, a dataclass from its defaults.
-            default = getattr(cls(), part)
-            node[slot] = _plain(default) if isinstance(default, list) else {}
-        elif isinstance(node, list) and node[slot] is None:
-            node[slot] = {}
-        if isinstance(node, dict):
-            cls = _section_type(hint)
+        current = node[slot] if isinstance(node, list) else node.get(slot)
+        if current is None:
+            # A missing section: a list field starts from its default items, anything else empty (defaults).
+            default = getattr(tp(), part) if _is_dataclass_type(tp) else None
+            node[slot] = _plain(default or []) if typing.get_origin(_unwrap_optional(child)) is list else {}
         node = node[slot]
+        hint = child
+
+
+def _unwrap_optional(tp: Any) -> Any:
+    """``Optional[X]`` -> X; any other hint unchanged."""
+    if typing.get_origin(tp) in (Union, types.UnionType):
+        return next(a for a in typing.get_args(tp) if a is not type(None))
+    return tp
 
 
 def _plain(value: Any) -> Any:

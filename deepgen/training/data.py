@@ -1,14 +1,17 @@
 """Training data for stages 1 and 2: text-to-image pairs and edit triplets through 🤗 ``datasets``.
 
 Sources (:class:`~deepgen.training.config.DataSourceConfig`) are parquet files, imagefolders (images +
-``metadata.jsonl``; an edit's source is the ``source_image_file_name`` column), webdataset ``.tar`` shards, hub
-datasets (optionally streamed) or the procedural shape world. A row with a source image is an edit triplet
-(source, instruction, target), otherwise a text-to-image pair.
+``metadata.jsonl``; an edit's source is the ``source_image_file_name`` column), webdataset ``.tar`` shards or hub
+datasets (optionally streamed). A row with a source image is an edit triplet (source, instruction, target),
+otherwise a text-to-image pair.
 
-Preprocessing follows the authors: every image is resized (short side) and centre-cropped to a fixed square
-``resolution``, an edit's source to the same size as its target, pixels scaled to [-1, 1]. Bad rows (an image
+Preprocessing (``DataConfig.image_process``): ``"center_crop"`` resizes the short side to ``resolution`` and
+crops the centre square; ``"fix_pixels"``, the authors' aspect buckets, keeps the aspect ratio at about
+``resolution``² pixels with both sides rounded up to multiples of 32 and batches rows of one size together. An
+edit's source takes its target's size; pixels are scaled to [-1, 1]. Bad rows (an image
 that is missing or does not decode, an empty caption) are skipped and counted in :attr:`MixedBatchStream.stats`,
-never fatal. Captions are dropped (replaced by ``""``) with probability ``caption_dropout`` for CFG.
+never fatal. Captions are dropped (replaced by ``""``) with probability ``caption_dropout`` for CFG
+(``edit_caption_dropout`` for edit batches).
 
 :class:`MixedBatchStream` mixes sources by weight and yields batches that are all text-to-image or all edits
 (Kontext reference tokens need the same number of references in every row). It is deterministic in
@@ -21,11 +24,11 @@ from __future__ import annotations
 import glob
 import io
 import logging
+import math
 import os
 import random
 from collections import Counter
 from dataclasses import dataclass
-from pathlib import Path
 from typing import Any, Iterator, Optional, Sequence, Union
 
 import datasets
@@ -35,6 +38,7 @@ from PIL import Image
 from ..image_processing import pil_to_tensor
 from .config import DataConfig, DataSourceConfig
 from .flow_matching import drop_captions
+from .seeding import step_seed
 
 logger = logging.getLogger(__name__)
 
@@ -62,6 +66,29 @@ def resize_center_crop(image: Image.Image, size: int) -> Image.Image:
         image = image.resize((new_w, new_h), Image.BICUBIC)
     left, top = (new_w - size) // 2, (new_h - size) // 2
     return image.crop((left, top, left + size, top + size))
+
+
+def resize_to_area(image: Image.Image, size: int, multiple: int = 32) -> Image.Image:
+    """The authors' ``fix_pixels`` aspect buckets: keep the aspect ratio at about ``size``² pixels, both sides
+    rounded **up** to multiples of ``multiple`` (deepgen ``src/datasets/utils.py:12-22``), bicubic.
+
+    e.g. 1024 x 768 at 512 -> 608 x 448 (591.2 and 443.4 rounded up).
+    """
+    width, height = image.size
+    ratio = size / math.sqrt(width * height)
+    new_w, new_h = (math.ceil(side * ratio / multiple) * multiple for side in (width, height))
+    return image if (new_w, new_h) == (width, height) else image.resize((new_w, new_h), Image.BICUBIC)
+
+
+def resize_cover_crop(image: Image.Image, width: int, height: int) -> Image.Image:
+    """Resize to cover ``width`` x ``height`` (bicubic, aspect kept), then crop the centre to exactly that size:
+    an edit's source brought to its target's bucket."""
+    scale = max(width / image.width, height / image.height)
+    new_w, new_h = max(width, round(image.width * scale)), max(height, round(image.height * scale))
+    if (new_w, new_h) != image.size:
+        image = image.resize((new_w, new_h), Image.BICUBIC)
+    left, top = (new_w - width) // 2, (new_h - height) // 2
+    return image.crop((left, top, left + width, top + height))
 
 
 def decode_image(value: Any) -> Optional[Image.Image]:
@@ -95,8 +122,8 @@ def decode_image(value: Any) -> Optional[Image.Image]:
 
 @dataclass
 class Example:
-    """One preprocessed row: target ``pixel_values`` (3, S, S) in [-1, 1], its prompt, and for an edit the
-    source image resized to the same (3, S, S)."""
+    """One preprocessed row: target ``pixel_values`` (3, H, W) in [-1, 1] (H = W = S for centre crops), its
+    prompt, and for an edit the source image resized to the same (3, H, W)."""
 
     pixel_values: torch.Tensor
     prompt: str
@@ -107,8 +134,13 @@ class Example:
         return self.source_pixel_values is not None
 
 
-def preprocess_row(row: dict[str, Any], source: DataSourceConfig, resolution: int) -> Example:
-    """Map one dataset row to an :class:`Example` using the source's column mapping; raise ``BadRecord``."""
+def preprocess_row(row: dict[str, Any], source: DataSourceConfig, resolution: int,
+                   image_process: str = "center_crop") -> Example:
+    """Map one dataset row to an :class:`Example` using the source's column mapping; raise ``BadRecord``.
+
+    ``image_process``: "center_crop" (short side to ``resolution``, square centre crop) or "fix_pixels" (the
+    authors' aspect buckets, :func:`resize_to_area`); an edit's source is brought to its target's size.
+    """
     prompt = row.get(source.prompt_column)
     if not isinstance(prompt, str) or not prompt.strip():
         raise BadRecord("empty_prompt", f"column {source.prompt_column!r} is {prompt!r}")
@@ -118,8 +150,14 @@ def preprocess_row(row: dict[str, Any], source: DataSourceConfig, resolution: in
     source_image = None
     if source.source_image_column is not None:
         source_image = decode_image(row.get(source.source_image_column))
-    pixels = pil_to_tensor(resize_center_crop(target, resolution))  # (3, S, S) in [-1, 1]
-    source_pixels = None if source_image is None else pil_to_tensor(resize_center_crop(source_image, resolution))
+    if image_process == "fix_pixels":
+        target = resize_to_area(target, resolution)
+        source_image = None if source_image is None else resize_cover_crop(source_image, *target.size)
+    else:
+        target = resize_center_crop(target, resolution)
+        source_image = None if source_image is None else resize_center_crop(source_image, resolution)
+    pixels = pil_to_tensor(target)  # (3, H, W) in [-1, 1]
+    source_pixels = None if source_image is None else pil_to_tensor(source_image)
     return Example(pixels, prompt.strip(), source_pixels)
 
 
@@ -191,22 +229,15 @@ def resolve_format(source: DataSourceConfig) -> str:
     return "hub"
 
 
-def load_source(source: DataSourceConfig, resolution: int, cache_dir: Optional[str] = None) -> AnyDataset:
+def load_source(source: DataSourceConfig, cache_dir: Optional[str] = None) -> AnyDataset:
     """Load one source as a ``datasets`` Dataset (or IterableDataset when streaming), image columns undecoded.
 
     Images stay encoded (``Image(decode=False)``) so that a corrupt file becomes a counted bad record when the row
     is read instead of an exception inside ``datasets``.
     """
     fmt = resolve_format(source)
-    if fmt == "world":
-        from .. import world
-
-        capabilities = source.world_capabilities or world.CAPABILITIES
-        samples = world.dataset(source.path, source.world_samples, seed=source.world_seed, capabilities=capabilities)
-        dataset: AnyDataset = datasets.Dataset.from_list(world.to_records(samples, size=resolution))
-        if source.streaming:
-            dataset = dataset.to_iterable_dataset()
-    elif fmt == "parquet":
+    dataset: AnyDataset
+    if fmt == "parquet":
         dataset = datasets.load_dataset("parquet", data_files=_data_files(source.path, ".parquet"), split="train",
                                         streaming=source.streaming, cache_dir=cache_dir)
     elif fmt == "webdataset":
@@ -323,16 +354,18 @@ class MixedBatchStream:
     Args:
         datasets_: one loaded dataset per source (see :func:`load_source`).
         sources: their configs (column mapping, weight).
-        resolution: square training size S.
+        resolution: square training size S (or the bucket area's side with ``image_process="fix_pixels"``).
         batch_size: rows per batch (per process).
         caption_dropout: probability of replacing a prompt by "" (default 0.1).
+        edit_caption_dropout: the same for edit batches (default None: ``caption_dropout``).
         seed: data seed; rank, world_size: this process and the number of processes.
         shuffle_buffer: shuffle buffer of streamed sources.
     """
 
     def __init__(self, datasets_: Sequence[AnyDataset], sources: Sequence[DataSourceConfig], resolution: int,
                  batch_size: int, caption_dropout: float = 0.1, seed: int = 0, rank: int = 0, world_size: int = 1,
-                 shuffle_buffer: int = 1000):
+                 shuffle_buffer: int = 1000, edit_caption_dropout: Optional[float] = None,
+                 image_process: str = "center_crop"):
         if len(datasets_) != len(sources) or not sources:
             raise ValueError("Give one dataset per source config, and at least one.")
         self.sources = list(sources)
@@ -345,9 +378,12 @@ class MixedBatchStream:
         self.resolution = resolution
         self.batch_size = batch_size
         self.caption_dropout = caption_dropout
+        self.edit_caption_dropout = caption_dropout if edit_caption_dropout is None else edit_caption_dropout
         self.seed, self.rank = seed, rank
         self.rows_drawn = 0
         self.batches_emitted = 0
+        self.image_process = image_process
+        # Rows waiting for a batch, by kind ("t2i"/"edit") and, for aspect buckets, size ("t2i@608x448").
         self.pending: dict[str, list[Example]] = {"t2i": [], "edit": []}
         self.stats: Counter = Counter()
 
@@ -360,7 +396,7 @@ class MixedBatchStream:
             row = self.readers[index].next_row()
             self.stats["rows_read"] += 1
             try:
-                example = preprocess_row(row, self.sources[index], self.resolution)
+                example = preprocess_row(row, self.sources[index], self.resolution, self.image_process)
             except BadRecord as bad:
                 self.stats[f"skipped_{bad.reason}"] += 1
                 self.stats["skipped"] += 1
@@ -374,13 +410,15 @@ class MixedBatchStream:
         while True:
             example = self._next_example()
             kind = "edit" if example.is_edit else "t2i"
-            self.pending[kind].append(example)
-            if len(self.pending[kind]) == self.batch_size:
-                batch = collate(self.pending[kind])
-                self.pending[kind] = []
-                batch_seed = ((self.seed * 1_000_003 + self.rank) * 1_000_003 + self.batches_emitted) % 2**63
-                generator = torch.Generator().manual_seed(batch_seed)
-                batch.prompts = drop_captions(batch.prompts, self.caption_dropout, generator)
+            height, width = example.pixel_values.shape[-2:]
+            bucket = kind if height == width == self.resolution else f"{kind}@{width}x{height}"
+            self.pending.setdefault(bucket, []).append(example)
+            if len(self.pending[bucket]) == self.batch_size:
+                batch = collate(self.pending[bucket])
+                self.pending[bucket] = []
+                generator = torch.Generator().manual_seed(step_seed(self.seed, self.rank, self.batches_emitted))
+                dropout = self.edit_caption_dropout if kind == "edit" else self.caption_dropout
+                batch.prompts = drop_captions(batch.prompts, dropout, generator)
                 self.batches_emitted += 1
                 self.stats[f"batches_{kind}"] += 1
                 return batch
@@ -414,18 +452,11 @@ class MixedBatchStream:
 def build_stream(config: DataConfig, batch_size: int, seed: int = 0, rank: int = 0,
                  world_size: int = 1) -> MixedBatchStream:
     """Load every source of ``config`` and mix them into one :class:`MixedBatchStream`."""
-    loaded = [load_source(source, config.resolution, config.cache_dir) for source in config.sources]
+    if not config.sources:
+        raise ValueError("data.sources is not set; give the datasets to train on, e.g. data.sources=[{format: "
+                         "parquet, path: data/train}] (parquet, imagefolder, webdataset shards or a hub dataset).")
+    loaded = [load_source(source, config.cache_dir) for source in config.sources]
     return MixedBatchStream(loaded, config.sources, config.resolution, batch_size, config.caption_dropout,
-                            seed=seed, rank=rank, world_size=world_size, shuffle_buffer=config.shuffle_buffer)
+                            seed=seed, rank=rank, world_size=world_size, shuffle_buffer=config.shuffle_buffer,
+                            edit_caption_dropout=config.edit_caption_dropout, image_process=config.image_process)
 
-
-def write_world_parquet(path: Union[str, Path], split: str = "train", n: int = 64, seed: int = 0,
-                        size: int = 64, capabilities: Optional[Sequence[str]] = None) -> Path:
-    """Render ``n`` shape-world samples to a parquet file usable as a ``format: parquet`` source."""
-    from .. import world
-
-    samples = world.dataset(split, n, seed=seed, capabilities=capabilities or world.CAPABILITIES)
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    datasets.Dataset.from_list(world.to_records(samples, size=size)).to_parquet(str(path))
-    return path

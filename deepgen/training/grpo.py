@@ -18,6 +18,12 @@ import torch
 from diffusers.utils.torch_utils import randn_tensor
 
 SDE_TYPES = ("cps", "flow_grpo")
+# "gaussian": the exact log N(x_next; mean, std²) (textbook); "negative_squared_error": −(x_next − mean)², the
+# authors' CPS log-probability (deepgen_rl trainer/grpo_deepgen_trainer.py:430-434), whose ratio ignores std.
+LOG_PROB_FORMS = ("gaussian", "negative_squared_error")
+# "velocity": mean (v − v_ref)² with the step constant folded into β; "velocity_over_variance": the authors'
+# v-based KL, (v − v_ref)² / (2·std² + 1e-7) (deepgen_rl trainer/grpo_deepgen_trainer.py:3745-3749).
+KL_FORMS = ("velocity", "velocity_over_variance")
 
 
 def _as_sample_sigma(sigma: Union[torch.Tensor, float], sample: torch.Tensor, name: str) -> torch.Tensor:
@@ -47,6 +53,7 @@ def sde_step_with_logprob(
     prev_sample: Optional[torch.Tensor] = None,
     generator: Optional[Union[torch.Generator, list[torch.Generator]]] = None,
     sde_type: Literal["cps", "flow_grpo"] = "cps",
+    log_prob_form: Literal["gaussian", "negative_squared_error"] = "gaussian",
 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
     """One stochastic reverse step σ → σ_next (σ_next < σ) whose Gaussian log-probability is known.
 
@@ -81,6 +88,9 @@ def sde_step_with_logprob(
         prev_sample: if given, the x_next whose log-prob is evaluated (no sampling), same shape as ``sample``.
         generator: optional ``torch.Generator`` (or one per sample) for the noise ε.
         sde_type: ``"cps"`` (default, DeepGen's choice) or ``"flow_grpo"``.
+        log_prob_form: ``"gaussian"`` (default, the exact density above) or ``"negative_squared_error"``
+            (``−(x_next − mean)²`` averaged the same way: the authors' CPS form; constant terms and the
+            1/(2·std²) scale are dropped, so the policy ratio moves less per unit of velocity change).
 
     Returns:
         ``(prev_sample, log_prob, prev_sample_mean, std_dev)``: x_next ``(B, C, H, W)``, log-prob ``(B,)``,
@@ -135,11 +145,16 @@ def sde_step_with_logprob(
     # backward pass through torch.where.
     has_noise = std_dev > 0
     safe_std = torch.where(has_noise, std_dev, torch.ones_like(std_dev))
-    log_prob = (
-        -((prev_sample.detach() - prev_sample_mean) ** 2) / (2 * safe_std**2)
-        - torch.log(safe_std)
-        - 0.5 * math.log(2 * math.pi)
-    )
+    if log_prob_form not in LOG_PROB_FORMS:
+        raise ValueError(f"Unknown log_prob_form {log_prob_form!r}; expected one of {LOG_PROB_FORMS}.")
+    if log_prob_form == "negative_squared_error":
+        log_prob = -((prev_sample.detach() - prev_sample_mean) ** 2)
+    else:
+        log_prob = (
+            -((prev_sample.detach() - prev_sample_mean) ** 2) / (2 * safe_std**2)
+            - torch.log(safe_std)
+            - 0.5 * math.log(2 * math.pi)
+        )
     log_prob = torch.where(has_noise, log_prob, torch.zeros_like(log_prob))
     log_prob = _mean_over_non_batch(log_prob)  # (B,)
     return prev_sample, log_prob, prev_sample_mean, std_dev
@@ -214,7 +229,9 @@ def gdpo_advantages(
 
     Args:
         rewards: ``{name: (N,)}`` mapping, or an ``(N, K)`` tensor with one column per reward.
-        weights: ``{name: w}`` for a mapping (same keys), or K weights for a tensor; default all 1.
+        weights: ``{name: w}`` for a mapping (same keys), or K weights for a tensor, or an ``(N, K)`` tensor of
+            per-sample weights (applied to the normalised advantages, as the authors' per-dataset weights);
+            default all 1.
         group_size / group_ids: prompt groups, as in :func:`group_advantages` (exactly one).
         eps: stabiliser added to every std (default 1e-4).
 
@@ -247,10 +264,10 @@ def gdpo_advantages(
         if isinstance(weights, Mapping):
             raise ValueError("A dict of weights needs a dict of rewards; pass a sequence of K weights instead.")
         weight_vector = torch.as_tensor(weights, dtype=torch.float32, device=reward_matrix.device)
-        if weight_vector.shape != (num_rewards,):
+        if weight_vector.shape != (num_rewards,) and weight_vector.shape != reward_matrix.shape:
             raise ValueError(
-                f"Expected {num_rewards} weights for rewards of shape {tuple(rewards.shape)}, "
-                f"got weights of shape {tuple(weight_vector.shape)}."
+                f"Expected {num_rewards} weights (or one row of them per sample) for rewards of shape "
+                f"{tuple(rewards.shape)}, got weights of shape {tuple(weight_vector.shape)}."
             )
 
     per_reward = torch.stack(
@@ -260,7 +277,10 @@ def gdpo_advantages(
         ],
         dim=1,
     )  # (N, K)
-    combined = per_reward @ weight_vector  # (N,)
+    if weight_vector.ndim == 2:  # per-sample weights (the authors' per-dataset reward weights)
+        combined = (per_reward * weight_vector).sum(dim=1)  # (N,)
+    else:
+        combined = per_reward @ weight_vector  # (N,)
     return (combined - combined.mean()) / (combined.std(unbiased=False) + eps)
 
 
@@ -315,7 +335,20 @@ def clipped_policy_loss(
     return loss, stats
 
 
-def velocity_kl(velocity: torch.Tensor, ref_velocity: torch.Tensor) -> torch.Tensor:
+def sde_step_std(sigma: float, sigma_next: float, noise_level: float, sde_type: str = "cps") -> float:
+    """The Gaussian std of one :func:`sde_step_with_logprob` step σ → σ_next (the same formulas, scalar σ):
+    ``σ_next·sin(noise_level·π/2)`` for CPS, ``noise_level·sqrt(σ / (1 − σ))·sqrt(σ − σ_next)`` for
+    Flow-GRPO (σ = 1 uses σ_next in the denominator, as there)."""
+    if sde_type not in SDE_TYPES:
+        raise ValueError(f"Unknown sde_type {sde_type!r}; expected one of {SDE_TYPES}.")
+    if sde_type == "cps":
+        return sigma_next * math.sin(noise_level * math.pi / 2)
+    denominator = 1 - (sigma_next if sigma == 1 else sigma)
+    return noise_level * math.sqrt(sigma / denominator) * math.sqrt(sigma - sigma_next)
+
+
+def velocity_kl(velocity: torch.Tensor, ref_velocity: torch.Tensor, std: Optional[torch.Tensor] = None,
+                eps: float = 1e-7) -> torch.Tensor:
     """KL regulariser to the frozen reference policy, measured on the velocity: ``mean_{c,h,w} (v − v_ref)²``.
 
     Both policies' SDE steps are Gaussians with the same std and means that differ by ``c·(v − v_ref)``
@@ -324,9 +357,14 @@ def velocity_kl(velocity: torch.Tensor, ref_velocity: torch.Tensor) -> torch.Ten
     DeepGen folds that constant into β (5e-7) and penalises the velocity directly, which also stays finite
     on deterministic (std = 0) steps.
 
+    With ``std`` (the step's Gaussian std, from :func:`sde_step_with_logprob`) it is the authors' v-based form
+    ``mean_{c,h,w} (v − v_ref)² / (2·std² + eps)`` instead (deepgen_rl ``grpo_deepgen_trainer.py:3745-3749``).
+
     Args:
         velocity: ``(B, C, H, W)`` velocity of the policy being trained.
         ref_velocity: ``(B, C, H, W)`` velocity of the frozen reference policy (detached here).
+        std: optional step std, broadcastable to ``(B, C, H, W)``; None = the plain velocity form.
+        eps: added to ``2·std²`` (default 1e-7, the authors').
 
     Returns:
         ``(B,)`` fp32 KL estimate per sample (multiply by β and average for the loss).
@@ -334,7 +372,10 @@ def velocity_kl(velocity: torch.Tensor, ref_velocity: torch.Tensor) -> torch.Ten
     if velocity.shape != ref_velocity.shape:
         raise ValueError(f"velocity {tuple(velocity.shape)} and ref_velocity {tuple(ref_velocity.shape)} must match.")
     # fp32: the squared difference of two nearly equal bf16 velocities is mostly rounding noise.
-    return _mean_over_non_batch((velocity.float() - ref_velocity.detach().float()) ** 2)
+    squared = (velocity.float() - ref_velocity.detach().float()) ** 2
+    if std is not None:
+        squared = squared / (2 * torch.as_tensor(std, dtype=torch.float32, device=squared.device) ** 2 + eps)
+    return _mean_over_non_batch(squared)
 
 
 def mix_sft_loss(rl_loss: torch.Tensor, sft_loss: torch.Tensor, lam: float) -> torch.Tensor:

@@ -7,7 +7,6 @@ A stage-3 YAML holds the shared :class:`deepgen.training.config.TrainConfig` fie
 
 from __future__ import annotations
 
-import dataclasses
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Optional, Sequence
@@ -15,69 +14,35 @@ from typing import Any, Optional, Sequence
 import yaml
 
 from .config import TrainConfig, apply_override, build_config, config_from_dict
-from .grpo import SDE_TYPES
+from .grpo import KL_FORMS, LOG_PROB_FORMS, SDE_TYPES
 
 ADVANTAGES = ("gdpo", "grpo")
-OCR_ENGINES = ("glyph", "glyph_iou", "paddleocr")
+SAMPLE_WEIGHTS_ON = ("rewards", "advantages")
 
 
 @dataclass
 class PromptSourceConfig:
     """Where RL (or evaluation) prompts come from; every prompt carries metadata for the rewards."""
 
-    # "world": shape-world prompts with ShapeEval metadata (nano); "jsonl": one object per line with "prompt",
-    # optional "metadata" (dict, may hold per-sample "reward_weights") and optional "image" (path of an edit source).
-    format: str = "world"
-    # World split ("train" for rewards, "eval" for held-out evaluation) or the jsonl path.
-    path: str = "train"
-    # World only: number of samples, their seed and capabilities (null = all five).
-    world_samples: int = 512
-    world_seed: int = 0
-    world_capabilities: Optional[list[str]] = None
+    # A prompt-source format registered with ``deepgen.training.prompts.register_prompt_source``: "jsonl" (one
+    # object per line with "prompt", optional "metadata" -- a dict, may hold per-sample "reward_weights" -- and
+    # optional "image", the path of an edit source); DeepGen-nano registers "world" (deepgen/nano/prompts.py).
+    format: str = "jsonl"
+    # The jsonl path, or what the registered format reads (the world's split for "world").
+    path: str = ""
+    # Keyword arguments of the registered loader (for "world": samples, seed, capabilities).
+    options: dict[str, Any] = field(default_factory=dict)
 
 
 @dataclass
-class ShapeEvalRewardConfig:
+class RewardSpec:
+    """One reward of the mixture, under a name registered with ``deepgen.training.rewards.register_reward``."""
+
     weight: float = 1.0
-    criterion: str = "overall"  # a ShapeEval criterion; "overall" averages the capability's criteria
-
-
-@dataclass
-class OCRRewardConfig:
-    weight: float = 1.0
-    # "glyph": ShapeEval's template matcher (shape world); "glyph_iou": its dense IoU with the requested glyph
-    # (shape world, rewards near misses); "paddleocr": PaddleOCR 2.x (pip install paddleocr).
-    engine: str = "glyph"
-    # Apply OCR only to prompts with quoted text (or metadata "text"/"glyph"); others get weight 0 for it.
-    text_prompts_only: bool = True
-
-
-@dataclass
-class CLIPRewardConfig:
-    weight: float = 1.0
-    model_id: str = "openai/clip-vit-large-patch14"
-
-
-@dataclass
-class VLMJudgeRewardConfig:
-    weight: float = 1.0
-    # OpenAI-compatible endpoint serving the judge, e.g. UnifiedReward-Think behind vLLM.
-    base_url: str = "http://127.0.0.1:8000/v1"
-    model: str = "UnifiedReward-Think-qwen-7b"
-    # Name of the environment variable holding the API key (keys never go into configs); null = no key.
-    api_key_env: Optional[str] = None
-    timeout: float = 60.0
-    retries: int = 2
-
-
-@dataclass
-class RewardsConfig:
-    """The reward mixture; a null entry is not used. Weights combine them (GDPO: after per-group normalisation)."""
-
-    shapeeval: Optional[ShapeEvalRewardConfig] = None
-    ocr: Optional[OCRRewardConfig] = None
-    clip: Optional[CLIPRewardConfig] = None
-    vlm_judge: Optional[VLMJudgeRewardConfig] = None
+    # Score only prompts that ask for text (quoted text, or metadata "text"/"glyph"); others get weight 0 for it.
+    text_prompts_only: bool = False
+    # Keyword arguments of the reward's factory, e.g. {model_id: ...} for clip, {criterion: overall} for shapeeval.
+    options: dict[str, Any] = field(default_factory=dict)
 
 
 @dataclass
@@ -85,7 +50,9 @@ class GRPOConfig:
     """MR-GRPO settings (defaults: the authors' where they published them, else flow_grpo's)."""
 
     prompts: PromptSourceConfig = field(default_factory=PromptSourceConfig)
-    rewards: RewardsConfig = field(default_factory=lambda: RewardsConfig(shapeeval=ShapeEvalRewardConfig()))
+    # The reward mixture by registered name (generic: clip, ocr, vlm_judge; DeepGen-nano: shapeeval, glyph,
+    # glyph_iou); a null entry is off. Weights combine them (GDPO: after per-group normalisation).
+    rewards: dict[str, Optional[RewardSpec]] = field(default_factory=dict)
     # Rollouts: G images per prompt, prompts per process per step, sampler settings.
     group_size: int = 8
     prompts_per_step: int = 4
@@ -93,7 +60,18 @@ class GRPOConfig:
     guidance_scale: float = 4.0
     negative_prompt: str = ""
     sde_type: str = "cps"  # "cps" (DeepGen's default) or "flow_grpo"
-    noise_level: float = 0.7  # flow_grpo's SDE noise strength
+    noise_level: float = 0.7  # flow_grpo's SDE noise strength (the authors' sde_eta is 1.0)
+    # One initial noise per prompt group, repeated G times (the authors' init_same_noise) instead of G draws.
+    shared_noise: bool = False
+    # "gaussian" (the exact density, textbook) or "negative_squared_error" (the authors' CPS form).
+    log_prob_form: str = "gaussian"
+    # "velocity" (mean (v − v_ref)², the step constant folded into β) or "velocity_over_variance" (the authors':
+    # divided by 2·std² + 1e-7).
+    kl_form: str = "velocity"
+    # Where per-sample ``reward_weights`` (prompt metadata) act: "rewards" scales each reward before the group
+    # normalisation (so a weight only switches a reward on or off), "advantages" weights the normalised
+    # per-reward advantages (GDPO; the authors' per-dataset weights), on top of the config weights.
+    sample_weights_on: str = "rewards"
     # Share of the stochastic denoising steps trained per prompt group (drawn afresh per group and step).
     timestep_fraction: float = 0.6
     # Policy update: optimizer steps per RL step (the step's prompt groups split into this many minibatches;
@@ -117,6 +95,13 @@ def validate_grpo(config: GRPOConfig, train: TrainConfig) -> None:
         raise ValueError(f"grpo.sde_type={config.sde_type!r}; choose one of {SDE_TYPES}.")
     if config.advantage not in ADVANTAGES:
         raise ValueError(f"grpo.advantage={config.advantage!r}; choose one of {ADVANTAGES}.")
+    for name, choices in (("log_prob_form", LOG_PROB_FORMS), ("kl_form", KL_FORMS),
+                          ("sample_weights_on", SAMPLE_WEIGHTS_ON)):
+        if getattr(config, name) not in choices:
+            raise ValueError(f"grpo.{name}={getattr(config, name)!r}; choose one of {choices}.")
+    if config.sample_weights_on == "advantages" and config.advantage != "gdpo":
+        raise ValueError("grpo.sample_weights_on=advantages weights the per-reward advantages of GDPO; set "
+                         "grpo.advantage=gdpo or grpo.sample_weights_on=rewards.")
     for name in ("group_size", "prompts_per_step", "num_inference_steps", "updates_per_step", "inner_epochs"):
         if getattr(config, name) < 1:
             raise ValueError(f"grpo.{name} must be >= 1, got {getattr(config, name)}.")
@@ -132,12 +117,13 @@ def validate_grpo(config: GRPOConfig, train: TrainConfig) -> None:
     if config.kl_beta < 0 or not 0.0 <= config.sft_lambda <= 1.0:
         raise ValueError(f"grpo.kl_beta must be >= 0 and grpo.sft_lambda in [0, 1]; got {config.kl_beta}, "
                          f"{config.sft_lambda}.")
-    if not any(dataclasses.astuple(config.rewards)):
-        raise ValueError("grpo.rewards enables no reward; set at least one of shapeeval, ocr, clip, vlm_judge.")
-    if config.rewards.ocr is not None and config.rewards.ocr.engine not in OCR_ENGINES:
-        raise ValueError(f"grpo.rewards.ocr.engine={config.rewards.ocr.engine!r}; choose one of {OCR_ENGINES}.")
+    if not any(spec is not None for spec in config.rewards.values()):
+        raise ValueError("grpo.rewards enables no reward; give at least one, e.g. grpo.rewards.clip.weight=1 "
+                         "(names registered in deepgen.training.rewards.REWARDS).")
+    if not config.prompts.path:
+        raise ValueError("grpo.prompts.path is empty; give the prompt pool, e.g. {format: jsonl, path: prompts.jsonl}.")
     if config.eval_every and config.eval_prompts is None:
-        raise ValueError("grpo.eval_every > 0 needs grpo.eval_prompts (e.g. {format: world, path: eval}).")
+        raise ValueError("grpo.eval_every > 0 needs grpo.eval_prompts (e.g. {format: jsonl, path: eval.jsonl}).")
     if train.gradient_accumulation_steps != 1:
         raise ValueError("Stage 3 accumulates over prompt groups and timesteps itself; set "
                          "gradient_accumulation_steps=1 and use grpo.prompts_per_step / updates_per_step.")

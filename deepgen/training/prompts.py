@@ -1,11 +1,17 @@
-"""Prompt pools for stage 3: the prompts rolled out (and the held-out ones evaluated), each with reward metadata."""
+"""Prompt pools for stage 3: the prompts rolled out (and the held-out ones evaluated), each with reward metadata.
+
+A pool is read by a loader registered under a format name (:func:`register_prompt_source`); ``jsonl`` is built in,
+and a project adds its own on import (DeepGen-nano's shape world registers ``world`` in
+:mod:`deepgen.nano.prompts`).
+"""
 
 from __future__ import annotations
 
+import inspect
 import json
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, Callable
 
 from PIL import Image
 
@@ -19,26 +25,50 @@ class Prompt:
     images: list[Image.Image] = field(default_factory=list)  # edit sources (empty for text-to-image)
 
 
-def load_prompts(config: PromptSourceConfig, size: int) -> list[Prompt]:
-    """The prompt pool (see :class:`PromptSourceConfig`); edit sources rendered/loaded at ``size``."""
-    if config.format == "world":
-        from deepgen import world
+# ``loader(path, size, **options) -> list[Prompt]``; edit sources at ``size`` x ``size`` where the format renders.
+PromptLoader = Callable[..., list[Prompt]]
+PROMPT_SOURCES: dict[str, PromptLoader] = {}
 
-        samples = world.dataset(config.path, config.world_samples, seed=config.world_seed,
-                                capabilities=config.world_capabilities or world.CAPABILITIES)
-        return [Prompt(s.prompt, dict(s.metadata), [s.source_image(size)] if s.source is not None else [])
-                for s in samples]
-    if config.format == "jsonl":
-        prompts = []
-        for number, line in enumerate(Path(config.path).read_text().splitlines(), 1):
-            if not line.strip():
-                continue
-            row = json.loads(line)
-            if not isinstance(row.get("prompt"), str) or not row["prompt"].strip():
-                raise ValueError(f"{config.path}:{number} has no non-empty \"prompt\" string.")
-            images = [Image.open(row["image"]).convert("RGB")] if row.get("image") else []
-            prompts.append(Prompt(row["prompt"], dict(row.get("metadata") or {}), images))
-        if not prompts:
-            raise ValueError(f"{config.path} holds no prompts.")
-        return prompts
-    raise ValueError(f"Prompt source format {config.format!r} is not supported; use 'world' or 'jsonl'.")
+
+def register_prompt_source(name: str) -> Callable[[PromptLoader], PromptLoader]:
+    """Decorator: make ``loader(path, size, **options) -> list[Prompt]`` the ``grpo.prompts.format: <name>``."""
+
+    def register(loader: PromptLoader) -> PromptLoader:
+        if PROMPT_SOURCES.get(name, loader) is not loader:
+            raise ValueError(f"A prompt source named {name!r} is already registered ({PROMPT_SOURCES[name]}).")
+        PROMPT_SOURCES[name] = loader
+        return loader
+
+    return register
+
+
+@register_prompt_source("jsonl")
+def load_jsonl_prompts(path: str, size: int) -> list[Prompt]:
+    """One JSON object per line: ``prompt``, optional ``metadata`` (dict) and ``image`` (an edit source's path)."""
+    prompts = []
+    for number, line in enumerate(Path(path).read_text().splitlines(), 1):
+        if not line.strip():
+            continue
+        row = json.loads(line)
+        if not isinstance(row.get("prompt"), str) or not row["prompt"].strip():
+            raise ValueError(f"{path}:{number} has no non-empty \"prompt\" string.")
+        images = [Image.open(row["image"]).convert("RGB")] if row.get("image") else []
+        prompts.append(Prompt(row["prompt"], dict(row.get("metadata") or {}), images))
+    if not prompts:
+        raise ValueError(f"{path} holds no prompts.")
+    return prompts
+
+
+def load_prompts(config: PromptSourceConfig, size: int) -> list[Prompt]:
+    """The prompt pool of ``config`` (see :class:`PromptSourceConfig`), read by its registered loader."""
+    loader = PROMPT_SOURCES.get(config.format)
+    if loader is None:
+        raise ValueError(f"Prompt source format {config.format!r} is not registered; registered: "
+                         f"{sorted(PROMPT_SOURCES)}. A project's own format registers on import (the shape world's "
+                         "'world': import deepgen.nano.prompts).")
+    try:
+        inspect.signature(loader).bind(config.path, size, **config.options)
+    except TypeError as error:
+        raise ValueError(f"Options {config.options} do not fit prompt source {config.format!r}: {error}; it takes "
+                         f"{inspect.signature(loader)}.") from None
+    return loader(config.path, size, **config.options)

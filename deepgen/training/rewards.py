@@ -1,13 +1,17 @@
 """Rewards for MR-GRPO, all behind one interface: ``reward(images, prompts, metadata) -> (N,) float tensor``.
 
-As in flow_grpo, rewards are plain callables combined by weights from the config (:class:`MixedReward`).
-Provided: CLIP text-image similarity, OCR accuracy, a VLM judge on any OpenAI-compatible endpoint (the authors
-serve UnifiedReward-Think this way), and ShapeEval scores for DeepGen-nano's shape world.
+As in flow_grpo, rewards are plain callables combined by weights from the config (:class:`MixedReward`). The
+config names them; a name maps to a factory registered with :func:`register_reward`. Registered here: ``clip``
+(CLIP text-image similarity), ``ocr`` (PaddleOCR accuracy) and ``vlm_judge`` (a VLM judge on any
+OpenAI-compatible endpoint, scoring each image or, as the authors, a pairwise win rate within the group). A
+project registers its own on import: DeepGen-nano's shape world adds ``shapeeval``, ``glyph`` and ``glyph_iou``
+(:mod:`deepgen.nano.rewards`).
 """
 
 from __future__ import annotations
 
 import base64
+import inspect
 import io
 import json
 import logging
@@ -22,7 +26,7 @@ import torch
 from PIL import Image
 
 if TYPE_CHECKING:
-    from .grpo_config import RewardsConfig
+    from .grpo_config import RewardSpec
     from .prompts import Prompt
 
 logger = logging.getLogger(__name__)
@@ -35,24 +39,10 @@ class Reward(Protocol):
                  metadata: Sequence[Mapping[str, Any]]) -> torch.Tensor: ...
 
 
-def _check_batch(images: Sequence[Any], prompts: Sequence[str], metadata: Sequence[Any]) -> None:
+def check_batch(images: Sequence[Any], prompts: Sequence[str], metadata: Sequence[Any]) -> None:
     if not len(images) == len(prompts) == len(metadata):
         raise ValueError(f"A reward needs as many prompts and metadata as images; got {len(images)} images, "
                          f"{len(prompts)} prompts, {len(metadata)} metadata.")
-
-
-class ShapeEvalReward:
-    """ShapeEval's ``overall`` score (or one criterion) against each sample's world metadata (nano)."""
-
-    def __init__(self, criterion: str = "overall"):
-        self.criterion = criterion
-
-    def __call__(self, images, prompts, metadata) -> torch.Tensor:
-        from ..shapeeval import evaluate
-
-        _check_batch(images, prompts, metadata)
-        return torch.tensor([evaluate(img, meta).get(self.criterion, 0.0) for img, meta in zip(images, metadata)],
-                            dtype=torch.float32)
 
 
 class CLIPReward:
@@ -68,7 +58,7 @@ class CLIPReward:
 
     @torch.no_grad()
     def __call__(self, images, prompts, metadata) -> torch.Tensor:
-        _check_batch(images, prompts, metadata)
+        check_batch(images, prompts, metadata)
         inputs = self.processor(text=list(prompts), images=list(images), return_tensors="pt", padding=True,
                                 truncation=True).to(self.device)
         image_emb = _projected(self.model.get_image_features(pixel_values=inputs["pixel_values"]))
@@ -105,41 +95,20 @@ class OCRReward:
     """Text-rendering accuracy: ``edit_similarity(expected, recognize(image))``.
 
     The expected text is ``metadata["text"]`` when present, else the quoted text of the prompt. ``recognize`` is
-    any ``fn(PIL image) -> str`` OCR engine (PaddleOCR, Tesseract, a VLM …); for the shape world use
-    :func:`glyph_recognizer`.
+    any ``fn(PIL image) -> str`` OCR engine (PaddleOCR, Tesseract, a VLM …); the shape world's is
+    :func:`deepgen.nano.rewards.glyph_recognizer`.
     """
 
     def __init__(self, recognize: Callable[[Image.Image], str]):
         self.recognize = recognize
 
     def __call__(self, images, prompts, metadata) -> torch.Tensor:
-        _check_batch(images, prompts, metadata)
+        check_batch(images, prompts, metadata)
         scores = []
         for image, prompt, meta in zip(images, prompts, metadata):
             expected = str(meta.get("text") or meta.get("glyph") or quoted_text(prompt))
             scores.append(edit_similarity(expected, self.recognize(image)))
         return torch.tensor(scores, dtype=torch.float32)
-
-
-class GlyphIoUReward:
-    """Dense text reward for the shape world: :func:`deepgen.shapeeval.glyph_iou` of the image with the glyph the
-    prompt asks for (``metadata["glyph"]``; 0 without one). Unlike OCR's right-or-wrong reading it separates
-    near misses from blobs, so a group of images that are all misread still has a reward spread to learn from."""
-
-    def __call__(self, images, prompts, metadata) -> torch.Tensor:
-        from ..shapeeval import glyph_iou
-
-        _check_batch(images, prompts, metadata)
-        return torch.tensor([glyph_iou(image, meta["glyph"]) if meta.get("glyph") else 0.0
-                             for image, meta in zip(images, metadata)], dtype=torch.float32)
-
-
-def glyph_recognizer(image: Image.Image) -> str:
-    """ShapeEval's template matcher as an OCR engine for the world's single digits and letters."""
-    from ..shapeeval import read_glyph
-
-    reading = read_glyph(image)
-    return reading.glyph if reading is not None else ""
 
 
 class VLMJudgeError(RuntimeError):
@@ -181,15 +150,17 @@ class VLMJudgeReward:
             raise VLMJudgeError(f"The judge's answer has no score: {text[:200]!r}")
         return min(max(float(numbers[-1]) / 10.0, 0.0), 1.0)
 
-    def _request(self, image: Image.Image, prompt: str) -> str:
-        buffer = io.BytesIO()
-        image.save(buffer, format="PNG")
-        data_url = "data:image/png;base64," + base64.b64encode(buffer.getvalue()).decode()
-        body = {"model": self.model, "max_tokens": self.max_tokens, "temperature": 0.0, "messages": [{
-            "role": "user", "content": [
-                {"type": "image_url", "image_url": {"url": data_url}},
-                {"type": "text", "text": self.prompt_template.format(prompt=prompt)},
-            ]}]}
+    def _chat(self, images: Sequence[Image.Image], text: str) -> str:
+        """One chat completion with ``images`` (PNG data URLs) then ``text``; the answer's text."""
+        content = []
+        for image in images:
+            buffer = io.BytesIO()
+            image.save(buffer, format="PNG")
+            data_url = "data:image/png;base64," + base64.b64encode(buffer.getvalue()).decode()
+            content.append({"type": "image_url", "image_url": {"url": data_url}})
+        content.append({"type": "text", "text": text})
+        body = {"model": self.model, "max_tokens": self.max_tokens, "temperature": 0.0,
+                "messages": [{"role": "user", "content": content}]}
         headers = {"Content-Type": "application/json"}
         if self.api_key:
             headers["Authorization"] = f"Bearer {self.api_key}"
@@ -201,11 +172,11 @@ class VLMJudgeReward:
         except (KeyError, IndexError, TypeError) as error:
             raise VLMJudgeError(f"Unexpected answer from {self.url}: {str(payload)[:200]}") from error
 
-    def score(self, image: Image.Image, prompt: str) -> float:
+    def _with_retries(self, ask: Callable[[], Any]) -> Any:
         last_error: Optional[Exception] = None
         for attempt in range(self.retries + 1):
             try:
-                return self.parse_score(self._request(image, prompt))
+                return ask()
             except (urllib.error.URLError, TimeoutError, ConnectionError, json.JSONDecodeError, VLMJudgeError) as error:
                 last_error = error
                 logger.warning("VLM judge attempt %d/%d failed: %s", attempt + 1, self.retries + 1, error)
@@ -214,9 +185,65 @@ class VLMJudgeReward:
         raise VLMJudgeError(f"The VLM judge at {self.url} failed after {self.retries + 1} attempts ({last_error}). "
                             "Is the server running and serving the model named in the config?")
 
+    def score(self, image: Image.Image, prompt: str) -> float:
+        text = self.prompt_template.format(prompt=prompt)
+        return self._with_retries(lambda: self.parse_score(self._chat([image], text)))
+
     def __call__(self, images, prompts, metadata) -> torch.Tensor:
-        _check_batch(images, prompts, metadata)
+        check_batch(images, prompts, metadata)
         return torch.tensor([self.score(img, p) for img, p in zip(images, prompts)], dtype=torch.float32)
+
+
+PAIRWISE_JUDGE_PROMPT = (
+    "You are comparing two generated images for the instruction or prompt: \"{prompt}\".\n"
+    "Which image follows it better and looks better? Think briefly, then end your answer with "
+    "'Image 1 is better' or 'Image 2 is better'."
+)
+
+
+def pairwise_win_rates(num_items: int, outcomes: Sequence[tuple[int, int, Optional[int]]]) -> torch.Tensor:
+    """(num_items,) win rates from pairwise comparisons ``(i, j, winner)``: ``winner`` is i, j, or None for a tie
+    or an unreadable verdict (half a win each); an item never compared gets 0. Within a group where every pair
+    is compared once the rates average 0.5 (the authors' UnifiedReward-Think reward, deepgen_rl
+    ``grpo_deepgen.py:295-352``)."""
+    wins, comparisons = [0.0] * num_items, [0] * num_items
+    for i, j, winner in outcomes:
+        comparisons[i] += 1
+        comparisons[j] += 1
+        if winner is None:
+            wins[i] += 0.5
+            wins[j] += 0.5
+        elif winner in (i, j):
+            wins[winner] += 1.0
+        else:
+            raise ValueError(f"The winner of comparison ({i}, {j}) must be {i}, {j} or None, got {winner}.")
+    return torch.tensor([w / c if c else 0.0 for w, c in zip(wins, comparisons)], dtype=torch.float32)
+
+
+class PairwiseVLMJudgeReward(VLMJudgeReward):
+    """The VLM judge as a pairwise win rate (the authors' form): every pair of the batch is compared once and each
+    image scores the share of its comparisons it wins. Stage 3 scores one prompt group per call, so the pairs
+    are the group's; G images cost G·(G − 1)/2 requests. (On a batch of different prompts, e.g. a held-out
+    evaluation, the pairs compare different prompts: use :class:`VLMJudgeReward` there.)"""
+
+    def __init__(self, *args: Any, prompt_template: str = PAIRWISE_JUDGE_PROMPT, **kwargs: Any):
+        super().__init__(*args, prompt_template=prompt_template, **kwargs)
+
+    @staticmethod
+    def parse_winner(text: str) -> Optional[int]:
+        """0 for "Image 1 is better", 1 for "Image 2 is better" (the last such phrase wins), None otherwise."""
+        verdicts = re.findall(r"image\s*([12])\s*is\s*better", text, flags=re.IGNORECASE)
+        return int(verdicts[-1]) - 1 if verdicts else None
+
+    def __call__(self, images, prompts, metadata) -> torch.Tensor:
+        check_batch(images, prompts, metadata)
+        outcomes = []
+        for i in range(len(images)):
+            for j in range(i + 1, len(images)):
+                text = self.prompt_template.format(prompt=prompts[i])
+                verdict = self._with_retries(lambda: self.parse_winner(self._chat([images[i], images[j]], text)))
+                outcomes.append((i, j, None if verdict is None else (i, j)[verdict]))
+        return pairwise_win_rates(len(images), outcomes)
 
 
 class MixedReward:
@@ -232,21 +259,50 @@ class MixedReward:
             raise ValueError(f"Every reward needs a weight and every weight a reward; mismatched: {sorted(missing)}.")
         self.rewards, self.weights = dict(rewards), dict(weights)
 
+    def scores(self, images, prompts, metadata) -> dict[str, torch.Tensor]:
+        """Each reward's raw (N,) scores (no per-sample weights)."""
+        check_batch(images, prompts, metadata)
+        return {name: reward(images, prompts, metadata).float() for name, reward in self.rewards.items()}
+
     def components(self, images, prompts, metadata) -> dict[str, torch.Tensor]:
         """Each reward's (N,) scores after per-sample weights."""
-        _check_batch(images, prompts, metadata)
-        out = {}
-        for name, reward in self.rewards.items():
-            scale = torch.tensor([float(m.get("reward_weights", {}).get(name, 1.0)) for m in metadata])
-            out[name] = reward(images, prompts, metadata).float() * scale
-        return out
+        scales = sample_reward_weights(metadata, list(self.rewards))  # (N, K)
+        return {name: score * scales[:, k] for k, (name, score) in enumerate(self.scores(images, prompts,
+                                                                                          metadata).items())}
 
     def __call__(self, images, prompts, metadata) -> torch.Tensor:
         parts = self.components(images, prompts, metadata)
         return sum(self.weights[name] * value for name, value in parts.items())
 
 
-# --- building the configured mixture ------------------------------------------------------------------------
+def sample_reward_weights(metadata: Sequence[Mapping[str, Any]], names: Sequence[str]) -> torch.Tensor:
+    """(N, K) per-sample weights: ``metadata[i]["reward_weights"][names[k]]``, 1.0 where not given."""
+    return torch.tensor([[float(m.get("reward_weights", {}).get(name, 1.0)) for name in names] for m in metadata],
+                        dtype=torch.float32).reshape(len(metadata), len(names))
+
+
+# --- the registry and the configured mixture ------------------------------------------------------------------
+
+# ``factory(device, **options) -> Reward``, by the name the config uses (``grpo.rewards.<name>``).
+RewardFactory = Callable[..., Reward]
+REWARDS: dict[str, RewardFactory] = {}
+
+
+def register_reward(name: str) -> Callable[[RewardFactory], RewardFactory]:
+    """Decorator: make ``factory(device, **options) -> Reward`` available as ``grpo.rewards.<name>``."""
+
+    def register(factory: RewardFactory) -> RewardFactory:
+        if REWARDS.get(name, factory) is not factory:
+            raise ValueError(f"A reward named {name!r} is already registered ({REWARDS[name]}).")
+        REWARDS[name] = factory
+        return factory
+
+    return register
+
+
+@register_reward("clip")
+def clip_reward(device: torch.device, model_id: str = "openai/clip-vit-large-patch14") -> CLIPReward:
+    return CLIPReward(model_id, device=str(device))
 
 
 def paddleocr_recognizer():
@@ -255,8 +311,8 @@ def paddleocr_recognizer():
         import numpy as np
         from paddleocr import PaddleOCR
     except ImportError as error:
-        raise ImportError("grpo.rewards.ocr.engine=paddleocr needs `pip install paddleocr paddlepaddle` "
-                          "(or use engine=glyph for the shape world).") from error
+        raise ImportError("grpo.rewards.ocr needs `pip install paddleocr paddlepaddle` (or, for the shape world, "
+                          "the glyph reward of deepgen.nano).") from error
     engine = PaddleOCR(use_angle_cls=False, lang="en", show_log=False)
 
     def recognize(image: Image.Image) -> str:
@@ -266,34 +322,54 @@ def paddleocr_recognizer():
     return recognize
 
 
-def build_rewards(config: RewardsConfig, device: torch.device) -> MixedReward:
-    """The configured rewards behind one interface, with their weights."""
+@register_reward("ocr")
+def ocr_reward(device: torch.device) -> OCRReward:
+    return OCRReward(paddleocr_recognizer())
+
+
+@register_reward("vlm_judge")
+def vlm_judge_reward(device: torch.device, base_url: str = "http://127.0.0.1:8000/v1",
+                     model: str = "UnifiedReward-Think-qwen-7b", api_key_env: Optional[str] = None,
+                     timeout: float = 60.0, retries: int = 2, pairwise: bool = False) -> VLMJudgeReward:
+    """The judge behind ``base_url``; ``api_key_env`` names the environment variable holding its key (keys never
+    go into configs). ``pairwise``: the group win rate (:class:`PairwiseVLMJudgeReward`, the authors') instead of
+    a 0-10 score per image."""
+    api_key = os.environ.get(api_key_env) if api_key_env else None
+    if api_key_env and not api_key:
+        raise ValueError(f"grpo.rewards.vlm_judge.options.api_key_env names ${api_key_env}, which is not set.")
+    judge = PairwiseVLMJudgeReward if pairwise else VLMJudgeReward
+    return judge(base_url, model, api_key, timeout, retries)
+
+
+def build_rewards(config: Mapping[str, Optional[RewardSpec]], device: torch.device) -> MixedReward:
+    """The configured rewards (``grpo.rewards``: name -> :class:`RewardSpec`, null = off) with their weights."""
     rewards, weights = {}, {}
-    if config.shapeeval is not None:
-        rewards["shapeeval"] = ShapeEvalReward(config.shapeeval.criterion)
-        weights["shapeeval"] = config.shapeeval.weight
-    if config.ocr is not None:
-        if config.ocr.engine == "glyph_iou":
-            rewards["ocr"] = GlyphIoUReward()
-        else:
-            rewards["ocr"] = OCRReward(glyph_recognizer if config.ocr.engine == "glyph" else paddleocr_recognizer())
-        weights["ocr"] = config.ocr.weight
-    if config.clip is not None:
-        rewards["clip"], weights["clip"] = CLIPReward(config.clip.model_id, device=str(device)), config.clip.weight
-    if config.vlm_judge is not None:
-        judge = config.vlm_judge
-        api_key = os.environ.get(judge.api_key_env) if judge.api_key_env else None
-        if judge.api_key_env and not api_key:
-            raise ValueError(f"grpo.rewards.vlm_judge.api_key_env names ${judge.api_key_env}, which is not set.")
-        rewards["vlm_judge"] = VLMJudgeReward(judge.base_url, judge.model, api_key, judge.timeout, judge.retries)
-        weights["vlm_judge"] = judge.weight
+    for name, spec in config.items():
+        if spec is None:
+            continue
+        factory = REWARDS.get(name)
+        if factory is None:
+            raise ValueError(f"Unknown reward {name!r} in grpo.rewards; registered: {sorted(REWARDS)}. A project's "
+                             "own rewards register on import (the shape world's: import deepgen.nano.rewards).")
+        try:
+            inspect.signature(factory).bind(device, **spec.options)
+        except TypeError as error:
+            raise ValueError(f"grpo.rewards.{name}.options={spec.options} do not fit {name!r}: {error}; it takes "
+                             f"{inspect.signature(factory)}.") from None
+        rewards[name], weights[name] = factory(device, **spec.options), spec.weight
     return MixedReward(rewards, weights)
 
 
-def reward_metadata(prompt: Prompt, config: RewardsConfig) -> dict[str, Any]:
-    """The prompt's metadata, with OCR switched off (weight 0) on prompts that ask for no text."""
+def wants_text(prompt: Prompt) -> bool:
+    """Whether a prompt asks for rendered text: metadata "text"/"glyph", or a quote in the prompt."""
+    return bool(prompt.metadata.get("text") or prompt.metadata.get("glyph") or '"' in prompt.text)
+
+
+def reward_metadata(prompt: Prompt, config: Mapping[str, Optional[RewardSpec]]) -> dict[str, Any]:
+    """The prompt's metadata, with every ``text_prompts_only`` reward switched off (weight 0) on prompts that ask
+    for no text, unless the metadata sets ``reward_weights`` itself."""
     metadata = dict(prompt.metadata)
-    if config.ocr is not None and config.ocr.text_prompts_only and "reward_weights" not in metadata:
-        wants_text = bool(metadata.get("text") or metadata.get("glyph") or ('"' in prompt.text))
-        metadata["reward_weights"] = {"ocr": 1.0 if wants_text else 0.0}
+    text_only = [name for name, spec in config.items() if spec is not None and spec.text_prompts_only]
+    if text_only and "reward_weights" not in metadata:
+        metadata["reward_weights"] = {name: 1.0 if wants_text(prompt) else 0.0 for name in text_only}
     return metadata

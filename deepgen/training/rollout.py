@@ -19,6 +19,7 @@ import torch
 from diffusers import FlowMatchEulerDiscreteScheduler
 from diffusers.utils.torch_utils import randn_tensor
 
+from ..pipeline import classifier_free_guidance
 from .grpo import sde_step_with_logprob
 
 # ``model(latents, timestep, seq, pooled, reference_latents) -> velocity``: ``DeepGenModel`` or its DDP wrapper.
@@ -98,7 +99,8 @@ def sampling_schedule(scheduler: FlowMatchEulerDiscreteScheduler, num_steps: int
 
 def guided_velocity(model: VelocityModel, latents: torch.Tensor, timestep: torch.Tensor, condition: Condition,
                     guidance_scale: float) -> torch.Tensor:
-    """CFG velocity ``v_u + s·(v_c − v_u)`` of ``latents`` (B, C, h, w) at a scalar ``timestep``, in fp32."""
+    """CFG velocity (:func:`deepgen.pipeline.classifier_free_guidance`) of ``latents`` (B, C, h, w) at a scalar
+    ``timestep``, in fp32; ``guidance_scale == 1`` runs the conditional branch only."""
     batch_size = latents.shape[0]
     context, pooled, references = condition.dit_inputs(batch_size, guidance_scale)
     latent_input = latents if guidance_scale == 1.0 else torch.cat([latents, latents])
@@ -106,7 +108,7 @@ def guided_velocity(model: VelocityModel, latents: torch.Tensor, timestep: torch
     if guidance_scale == 1.0:
         return velocity
     v_uncond, v_cond = velocity.chunk(2)
-    return v_uncond + guidance_scale * (v_cond - v_uncond)
+    return classifier_free_guidance(v_cond, v_uncond, guidance_scale)
 
 
 @dataclass
@@ -139,6 +141,7 @@ def sde_rollout(
     noise_level: float = 0.7,
     sde_type: str = "cps",
     generator: Optional[torch.Generator] = None,
+    log_prob_form: str = "gaussian",
 ) -> Trajectories:
     """Sample G trajectories of one prompt with the SDE sampler, recording each step's log-probability.
 
@@ -148,7 +151,8 @@ def sde_rollout(
         latents: initial noise (G, C, h, w) at ``sigmas[0]``.
         sigmas, timesteps: from :func:`sampling_schedule`.
         guidance_scale: CFG scale (default 4.0, the pipeline's).
-        noise_level, sde_type: of :func:`~deepgen.training.grpo.sde_step_with_logprob` (defaults 0.7, ``"cps"``).
+        noise_level, sde_type, log_prob_form: of :func:`~deepgen.training.grpo.sde_step_with_logprob` (defaults
+            0.7, ``"cps"``, ``"gaussian"``).
         generator: draws the SDE noise.
 
     Returns:
@@ -160,7 +164,8 @@ def sde_rollout(
     for j in range(len(timesteps)):
         velocity = guided_velocity(model, x, timesteps[j].to(device), condition, guidance_scale)
         x, log_prob, _, _ = sde_step_with_logprob(velocity, x, sigmas[j].item(), sigmas[j + 1].item(),
-                                                  noise_level=noise_level, generator=generator, sde_type=sde_type)
+                                                  noise_level=noise_level, generator=generator, sde_type=sde_type,
+                                                  log_prob_form=log_prob_form)
         states.append(x)
         log_probs.append(log_prob)
     return Trajectories(latents=torch.stack(states, dim=1), log_probs=torch.stack(log_probs, dim=1),
@@ -175,6 +180,7 @@ def transition_log_prob(
     guidance_scale: float = 4.0,
     noise_level: float = 0.7,
     sde_type: str = "cps",
+    log_prob_form: str = "gaussian",
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """Log-probability of the stored transitions ``x_step → x_step+1`` of all G trajectories under ``model``.
 
@@ -191,13 +197,19 @@ def transition_log_prob(
                                guidance_scale)
     _, log_prob, _, _ = sde_step_with_logprob(velocity, sample, trajectories.sigmas[step].item(),
                                               trajectories.sigmas[step + 1].item(), noise_level=noise_level,
-                                              prev_sample=next_sample, sde_type=sde_type)
+                                              prev_sample=next_sample, sde_type=sde_type, log_prob_form=log_prob_form)
     return log_prob, velocity
 
 
 def initial_noise(num_samples: int, channels: int, latent_height: int, latent_width: int,
                   generator: Optional[torch.Generator] = None,
-                  device: Union[str, torch.device] = "cpu") -> torch.Tensor:
-    """(G, C, h, w) fp32 Gaussian noise, drawn as the pipeline's ``prepare_latents`` does."""
-    return randn_tensor((num_samples, channels, latent_height, latent_width), generator=generator,
-                        device=torch.device(device), dtype=torch.float32)
+                  device: Union[str, torch.device] = "cpu", shared: bool = False) -> torch.Tensor:
+    """(G, C, h, w) fp32 Gaussian noise, drawn as the pipeline's ``prepare_latents`` does.
+
+    With ``shared`` one (C, h, w) draw is repeated G times: the group's rollouts start from the same noise and
+    differ only by the SDE's noise (the authors' ``init_same_noise``, deepgen_rl ``grpo_deepgen.py:1158-1162``).
+    """
+    draws = 1 if shared else num_samples
+    noise = randn_tensor((draws, channels, latent_height, latent_width), generator=generator,
+                         device=torch.device(device), dtype=torch.float32)
+    return noise.expand(num_samples, -1, -1, -1).clone() if shared else noise

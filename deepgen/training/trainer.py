@@ -1,35 +1,34 @@
-"""Shared plumbing of the training stages: accelerate, the freeze/LoRA schedule, optimiser, checkpoints, logs.
+"""Shared plumbing of the three training stages: accelerate, the freeze/LoRA schedule, optimiser, logs, saving.
 
-The stage scripts (``train/stage1_align.py``, ``train/stage2_sft.py``, and the RL stage) own their loops; what
-every stage needs lives here:
+Each stage script owns its loop (``train/stage1_align.py`` holds the flow-matching loop that stage 2 reuses,
+``train/stage3_grpo.py`` the MR-GRPO loop); everything a loop needs besides its own objective lives here:
 
-- :func:`build_accelerator`: mixed precision and gradient accumulation from the config; DDP/FSDP/DeepSpeed come
-  from ``accelerate config`` / ``accelerate launch --config_file``.
+- :func:`start_run`: the accelerator (mixed precision, gradient accumulation; DDP/FSDP/DeepSpeed come from
+  ``accelerate launch``), logging and ``train_config.json``.
 - :func:`load_pipeline` + :func:`apply_training_schedule`: start weights, then ``requires_grad``/LoRA/train-eval
   modes from the config; returns exactly the trainable parameters.
 - :class:`TrainingModule`: the one ``forward`` that accelerate wraps (VLM + SCB + DiT), so DDP sees every
   trainable parameter used inside a single forward.
-- :func:`build_optimizer`, :func:`build_lr_scheduler`, :func:`build_ema`: AdamW, warm-up + cosine, optional EMA.
-- :class:`CheckpointManager`: atomic checkpoints (temp folder, fsync, rename; keep the last N) holding the
-  trainable weights, optimiser, LR schedule, RNG states (accelerate), EMA, the data position and the step;
-  :meth:`CheckpointManager.resume` continues exactly where a killed run stopped.
-- :class:`LossLog`: ``loss_log.jsonl`` in the output folder; :func:`save_final`: ``output_dir/final`` as a
-  ``DeepGenPipeline.save_pretrained`` folder.
-- :func:`flow_matching_loss_on_batch`: the stage-1/2 objective on one batch.
+- :func:`prepare_run` -> :class:`Run`: AdamW, warm-up + cosine, optional EMA, accelerate's ``prepare``,
+  checkpoints (:mod:`deepgen.training.checkpoints`) and the resume; :meth:`Run.optimizer_step`,
+  :meth:`Run.end_step` (count, log, checkpoint) and :meth:`Run.finish` (``output_dir/final``) are the steps every
+  loop shares.
+- :func:`flow_matching_loss_on_batch`: the stage-1/2 objective on one batch (also stage 3's SFT-aux loss).
+
+Random draws of a step come from generators seeded by :func:`deepgen.training.seeding.step_seed`.
 """
 
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import json
 import logging
 import math
-import os
-import re
-import shutil
 import time
+from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Optional, Sequence
+from typing import Any, Callable, Optional, Sequence
 
 import torch
 from accelerate import Accelerator, DistributedDataParallelKwargs
@@ -37,8 +36,8 @@ from accelerate.utils import DistributedType
 from diffusers import AutoencoderKL, FlowMatchEulerDiscreteScheduler
 from diffusers.optimization import get_scheduler
 from diffusers.training_utils import EMAModel
-from safetensors.torch import load_file, save_file
 from torch import nn
+from tqdm.auto import tqdm
 from transformers import AutoTokenizer, Qwen2_5_VLForConditionalGeneration
 
 from ..config import PRESETS, get_preset
@@ -48,19 +47,14 @@ from ..model import DeepGenModel
 from ..pipeline import DeepGenPipeline
 from ..scb import StackedChannelBridge
 from ..vlm import VLMInputs
+from .checkpoints import CheckpointManager, NamedParameters
 from .config import EMAConfig, LoraSpec, LossConfig, ModelConfig, OptimConfig, TrainConfig, config_to_dict
 from .data import Batch, MixedBatchStream
 from .flow_matching import add_noise, flow_matching_loss, sample_timesteps
 
 logger = logging.getLogger(__name__)
 
-CHECKPOINT_PREFIX = "checkpoint-"
-TEMP_PREFIX = ".tmp-"
-TRAINABLE_WEIGHTS = "trainable.safetensors"
-TRAINER_STATE = "trainer_state.json"
-EMA_STATE = "ema.pt"
 LOSS_LOG = "loss_log.jsonl"
-NamedParameters = list[tuple[str, nn.Parameter]]
 
 
 # --- accelerator and model ----------------------------------------------------------------------------------------
@@ -86,6 +80,15 @@ def build_accelerator(config: TrainConfig) -> Accelerator:
     return accelerator
 
 
+def start_run(config: TrainConfig) -> Accelerator:
+    """What every stage does first: the accelerator, logging (INFO on the main process), ``train_config.json``."""
+    accelerator = build_accelerator(config)
+    logging.basicConfig(level=logging.INFO if accelerator.is_main_process else logging.WARNING,
+                        format="%(asctime)s %(name)s: %(message)s")
+    write_run_config(config, accelerator)
+    return accelerator
+
+
 def load_pipeline(config: ModelConfig) -> DeepGenPipeline:
     """The starting pipeline, in fp32 (mixed precision is autocast; see :func:`cast_frozen_weights`).
 
@@ -93,7 +96,8 @@ def load_pipeline(config: ModelConfig) -> DeepGenPipeline:
     ``pretrained: null`` the base VLM and DiT are loaded and a fresh bridge is built (:func:`load_base_pipeline`).
     """
     if config.pretrained is None:
-        pipe = load_base_pipeline(config.base_vlm, config.base_dit, config.bridge_preset, config.seed)
+        pipe = load_base_pipeline(config.base_vlm, config.base_dit, config.bridge_preset, config.seed,
+                                  config.connector_init)
     elif config.pretrained in PRESETS:
         pipe = DeepGenPipeline.from_config(config.pretrained, seed=config.seed)
     else:
@@ -102,7 +106,24 @@ def load_pipeline(config: ModelConfig) -> DeepGenPipeline:
     return pipe
 
 
-def load_base_pipeline(vlm: str, dit: str, bridge_preset: str = "deepgen-1.0", seed: int = 0) -> DeepGenPipeline:
+def xavier_init_connector(encoder: nn.Module) -> None:
+    """The authors' connector initialisation (deepgen ``src/models/connector/modeling_connector.py:48-67``, applied
+    to the encoder at line 485): xavier-uniform attention projections with zero biases, xavier-uniform MLP
+    weights with N(0, 1e-6²) biases; LayerNorms at ones/zeros (already their default). Draws from the global
+    generator (seeded by the caller)."""
+    for name, module in encoder.named_modules():
+        if name.endswith("self_attn"):
+            for projection in (module.q_proj, module.k_proj, module.v_proj, module.out_proj):
+                nn.init.xavier_uniform_(projection.weight)
+                nn.init.zeros_(projection.bias)
+        elif name.endswith("mlp"):
+            for layer in (module.fc1, module.fc2):
+                nn.init.xavier_uniform_(layer.weight)
+                nn.init.normal_(layer.bias, std=1e-6)
+
+
+def load_base_pipeline(vlm: str, dit: str, bridge_preset: str = "deepgen-1.0", seed: int = 0,
+                       connector_init: str = "pytorch") -> DeepGenPipeline:
     """Stage 1's starting point: pretrained Qwen2.5-VL and Kontext DiT with a freshly initialised bridge.
 
     Args:
@@ -112,6 +133,7 @@ def load_base_pipeline(vlm: str, dit: str, bridge_preset: str = "deepgen-1.0", s
         bridge_preset: preset giving the think-token count, SCB layers and connector size; the bridge's input and
             output widths come from the loaded VLM and DiT.
         seed: seeds the bridge's initialisation (its output heads start at zero either way).
+        connector_init: "pytorch" (nn.Linear's default) or "xavier" (:func:`xavier_init_connector`, the authors').
     """
     preset = get_preset(bridge_preset)
     vlm_model = Qwen2_5_VLForConditionalGeneration.from_pretrained(vlm, dtype=torch.float32,
@@ -129,6 +151,8 @@ def load_base_pipeline(vlm: str, dit: str, bridge_preset: str = "deepgen-1.0", s
         pooled_projection_dim=transformer.config.pooled_projection_dim,
         connector_config=vars(preset.connector).copy(),
     )
+    if connector_init == "xavier":
+        xavier_init_connector(bridge.connector)
     return DeepGenPipeline(vlm=vlm_model.eval(), tokenizer=tokenizer, scb=bridge.eval(),
                            transformer=transformer.eval(), vae=vae.eval(), scheduler=scheduler)
 
@@ -187,6 +211,15 @@ def mixed_precision_dtype(accelerator: Accelerator) -> torch.dtype:
     return {"fp16": torch.float16, "bf16": torch.bfloat16}.get(accelerator.mixed_precision, torch.float32)
 
 
+def prepare_trainable(pipe: DeepGenPipeline, config: TrainConfig, accelerator: Accelerator) -> NamedParameters:
+    """:func:`apply_training_schedule`, then frozen weights cast to the mixed-precision dtype (if configured)."""
+    trainable = apply_training_schedule(pipe, config)
+    if accelerator.mixed_precision != "no" and config.cast_frozen_weights:
+        cast_frozen_weights(pipe, mixed_precision_dtype(accelerator))
+    logger.info("Training %d tensors (%d weights).", len(trainable), sum(p.numel() for _, p in trainable))
+    return trainable
+
+
 class TrainingModule(nn.Module):
     """What accelerate wraps: one forward from tokenised prompts (+ references) to the velocity.
 
@@ -205,12 +238,6 @@ class TrainingModule(nn.Module):
 
 
 # --- objective ----------------------------------------------------------------------------------------------------
-
-
-def step_generator(seed: int, rank: int, micro_step: int) -> torch.Generator:
-    """A CPU generator for one micro-batch: noise, timesteps and VAE samples depend only on (seed, rank, step),
-    so a resumed run draws exactly what an uninterrupted one would."""
-    return torch.Generator().manual_seed(((seed * 1_000_003 + rank) * 1_000_003 + micro_step) % 2**63)
 
 
 def training_scheduler(pipe: DeepGenPipeline) -> FlowMatchEulerDiscreteScheduler:
@@ -250,19 +277,31 @@ def flow_matching_loss_on_batch(pipe: DeepGenPipeline, model: nn.Module, batch: 
 # --- optimiser, schedule, EMA -------------------------------------------------------------------------------------
 
 
+def weight_decay_groups(parameters: Sequence[nn.Parameter], weight_decay: float) -> list[dict[str, Any]]:
+    """AdamW parameter groups that decay only tensors with ``ndim >= 2`` (nanoGPT's and the authors' rule):
+    ``[{"params": matrices, "weight_decay": weight_decay}, {"params": the rest, "weight_decay": 0.0}]``."""
+    return [{"params": [p for p in parameters if p.ndim >= 2], "weight_decay": weight_decay},
+            {"params": [p for p in parameters if p.ndim < 2], "weight_decay": 0.0}]
+
+
 def build_optimizer(parameters: Sequence[nn.Parameter], config: OptimConfig) -> torch.optim.AdamW:
-    return torch.optim.AdamW(parameters, lr=config.lr, betas=tuple(config.betas), weight_decay=config.weight_decay,
+    """AdamW; with ``decay_matrices_only`` the weight decay skips 1-D tensors (biases, norm scales)."""
+    groups = weight_decay_groups(list(parameters), config.weight_decay) if config.decay_matrices_only else parameters
+    return torch.optim.AdamW(groups, lr=config.lr, betas=tuple(config.betas), weight_decay=config.weight_decay,
                              eps=config.eps)
 
 
 def build_lr_scheduler(optimizer: torch.optim.Optimizer, config: TrainConfig,
                        num_processes: int = 1) -> torch.optim.lr_scheduler.LRScheduler:
-    """Linear warm-up over ``warmup_ratio * max_steps`` then ``lr_scheduler`` (cosine to 0 by default).
+    """Linear warm-up over ``warmup_steps`` (or ``warmup_ratio * max_steps``) then ``lr_scheduler`` (cosine to 0
+    by default).
 
     accelerate's prepared scheduler steps once per process per optimizer step (diffusers' scripts multiply the
     same way), so the step counts are scaled by ``num_processes``.
     """
-    warmup = math.ceil(config.optim.warmup_ratio * config.max_steps)
+    warmup = config.optim.warmup_steps
+    if warmup is None:
+        warmup = math.ceil(config.optim.warmup_ratio * config.max_steps)
     return get_scheduler(config.optim.lr_scheduler, optimizer, num_warmup_steps=warmup * num_processes,
                          num_training_steps=config.max_steps * num_processes)
 
@@ -273,175 +312,103 @@ def build_ema(trainable: NamedParameters, config: EMAConfig) -> Optional[EMAMode
     return EMAModel([p for _, p in trainable], decay=config.decay, update_after_step=config.update_after_step)
 
 
-def trainable_state_dict(trainable: NamedParameters) -> dict[str, torch.Tensor]:
-    return {name: p.detach().float().cpu().contiguous() for name, p in trainable}
+# --- the run: what every loop steps through ------------------------------------------------------------------
 
 
-# --- checkpoints --------------------------------------------------------------------------------------------------
+@dataclass
+class Run:
+    """A prepared training run: the wrapped model, optimiser, schedule, EMA, checkpoints, log and step counter.
 
-
-def _fsync_tree(root: Path) -> None:
-    """Flush every file of ``root`` and the folder entries to disk before the rename makes it visible."""
-    for folder, _, files in os.walk(root):
-        for name in files:
-            with open(os.path.join(folder, name), "rb") as handle:
-                os.fsync(handle.fileno())
-        _fsync_dir(Path(folder))
-
-
-def _fsync_dir(path: Path) -> None:
-    try:
-        fd = os.open(path, os.O_RDONLY)
-    except OSError:  # some filesystems do not allow opening directories
-        return
-    try:
-        os.fsync(fd)
-    except OSError:
-        pass
-    finally:
-        os.close(fd)
-
-
-class CheckpointManager:
-    """Atomic, resumable checkpoints in ``output_dir/checkpoints/checkpoint-<step>``.
-
-    A checkpoint is written into ``.tmp-checkpoint-<step>`` (accelerate's ``save_state``: optimiser, LR schedule,
-    per-process RNG states; plus our trainable weights, EMA, per-process data positions and ``trainer_state.json``),
-    fsynced, then renamed into place, so a crash at any moment leaves the previous checkpoints intact. Only the
-    newest ``keep`` are kept. Every process writes into the same folder (a shared filesystem across nodes).
-
-    Under DDP or a single process the model weights saved are only the trainable ones (``trainable.safetensors``);
-    under FSDP/DeepSpeed accelerate saves the (sharded) model its own way.
+    Built by :func:`prepare_run`; a loop calls :meth:`optimizer_step` after its backward passes, :meth:`end_step`
+    once per step and :meth:`finish` at the end.
     """
 
-    def __init__(self, output_dir: str, accelerator: Accelerator, trainable: NamedParameters,
-                 keep: Optional[int] = 3):
-        self.root = Path(output_dir) / "checkpoints"
-        self.accelerator = accelerator
-        self.trainable = trainable
-        self.keep = keep
-        self._own_model_state = accelerator.distributed_type not in (DistributedType.FSDP, DistributedType.DEEPSPEED)
-        accelerator.register_save_state_pre_hook(self._save_model_hook)
-        accelerator.register_load_state_pre_hook(self._load_model_hook)
-        if accelerator.is_main_process:
-            self.root.mkdir(parents=True, exist_ok=True)
-            for stale in self.root.glob(f"{TEMP_PREFIX}*"):  # left behind by a killed run
-                shutil.rmtree(stale, ignore_errors=True)
-        accelerator.wait_for_everyone()
+    config: TrainConfig
+    accelerator: Accelerator
+    pipe: DeepGenPipeline
+    trainable: NamedParameters
+    model: nn.Module  # what accelerate wrapped: call it for the forward whose gradients DDP syncs
+    optimizer: torch.optim.Optimizer
+    lr_scheduler: torch.optim.lr_scheduler.LRScheduler
+    ema: Optional[EMAModel]
+    checkpoints: CheckpointManager
+    loss_log: "LossLog"
+    stream: Optional[MixedBatchStream]
+    stage: str
+    step: int
+    progress: Any
 
-    # accelerate hooks: replace the full model state by the trainable parameters only.
-    def _save_model_hook(self, models: list, weights: list, output_dir: str) -> None:
-        if not self._own_model_state:
-            return
-        weights.clear()
-        if self.accelerator.is_main_process:
-            save_file(trainable_state_dict(self.trainable), os.path.join(output_dir, TRAINABLE_WEIGHTS))
+    @property
+    def parameters(self) -> list[nn.Parameter]:
+        return [p for _, p in self.trainable]
 
-    def _load_model_hook(self, models: list, input_dir: str) -> None:
-        if not self._own_model_state:
-            return
-        models.clear()
-        load_trainable(self.trainable, Path(input_dir) / TRAINABLE_WEIGHTS)
+    def optimizer_step(self) -> Optional[float]:
+        """Clip, step the optimiser and LR schedule, zero the grads; then the EMA. Returns the gradient norm.
 
-    def checkpoints(self) -> list[Path]:
-        """Complete checkpoints, oldest first."""
-        found = []
-        for path in self.root.glob(f"{CHECKPOINT_PREFIX}*"):
-            match = re.fullmatch(rf"{CHECKPOINT_PREFIX}(\d+)", path.name)
-            if match and (path / TRAINER_STATE).is_file():
-                found.append((int(match.group(1)), path))
-        return [path for _, path in sorted(found)]
+        Inside ``accelerator.accumulate`` the clip and the EMA act only on the micro-step that syncs gradients
+        (accelerate's optimiser and scheduler skip the others themselves).
+        """
+        grad_norm = None
+        if self.accelerator.sync_gradients and self.config.optim.max_grad_norm is not None:
+            grad_norm = float(self.accelerator.clip_grad_norm_(self.parameters, self.config.optim.max_grad_norm))
+        self.optimizer.step()
+        self.lr_scheduler.step()
+        self.optimizer.zero_grad(set_to_none=True)
+        if self.ema is not None and self.accelerator.sync_gradients:
+            self.ema.step(self.parameters)
+        return grad_norm
 
-    def save(self, step: int, stream: Optional[MixedBatchStream] = None, ema: Optional[EMAModel] = None,
-             extra: Optional[dict[str, Any]] = None) -> Path:
-        """Write ``checkpoint-<step>`` atomically on every process; returns its path."""
-        accelerator = self.accelerator
-        final = self.root / f"{CHECKPOINT_PREFIX}{step}"
-        temp = self.root / f"{TEMP_PREFIX}{CHECKPOINT_PREFIX}{step}"
-        if accelerator.is_main_process and temp.exists():
-            shutil.rmtree(temp)
-        accelerator.wait_for_everyone()
-        try:
-            temp.mkdir(parents=True, exist_ok=True)
-            accelerator.save_state(str(temp))
-            if stream is not None:
-                torch.save(stream.state_dict(), temp / f"data_state_{accelerator.process_index}.pt")
-            if accelerator.is_main_process:
-                if ema is not None:
-                    torch.save(ema.state_dict(), temp / EMA_STATE)
-                state = {"step": step, "num_processes": accelerator.num_processes, **(extra or {})}
-                (temp / TRAINER_STATE).write_text(json.dumps(state, indent=2) + "\n")
-            accelerator.wait_for_everyone()
-            if accelerator.is_main_process:
-                _fsync_tree(temp)
-                previous = self.root / f"{TEMP_PREFIX}old-{CHECKPOINT_PREFIX}{step}"
-                if final.exists():  # re-saving the same step (e.g. the end of a resumed run)
-                    os.replace(final, previous)
-                os.replace(temp, final)
-                shutil.rmtree(previous, ignore_errors=True)
-                _fsync_dir(self.root)
-                self._prune()
-        except BaseException:
-            if accelerator.is_main_process:
-                shutil.rmtree(temp, ignore_errors=True)
-            raise
-        accelerator.wait_for_everyone()
+    def end_step(self, record: Optional[Callable[[], dict[str, Any]]] = None) -> None:
+        """Count one step; log ``record()`` (built only when due: every ``log_every`` steps and the last one), and
+        checkpoint every ``checkpoint_every`` steps and at the last one."""
+        self.step += 1
+        self.progress.update(1)
+        last = self.step == self.config.max_steps
+        if record is not None and (self.step % self.config.log_every == 0 or last):
+            self.loss_log.log({"step": self.step, **record()})
+        if last or (self.config.checkpoint_every and self.step % self.config.checkpoint_every == 0):
+            self.checkpoints.save(self.step, self.stream, self.ema, extra={"stage": self.stage})
+
+    @property
+    def done(self) -> bool:
+        return self.step >= self.config.max_steps
+
+    def finish(self) -> str:
+        """Close the progress bar, write ``output_dir/final`` (if ``save_final``) and return where the run ended."""
+        self.progress.close()
+        final = self.config.output_dir
+        if self.config.save_final:
+            final = str(save_final(self.pipe, self.accelerator, self.config.output_dir, self.trainable, self.ema,
+                                   self.config.ema.use_for_final, self.model))
+        self.accelerator.end_training()
         return final
 
-    def _prune(self) -> None:
-        if self.keep is None:
-            return
-        for old in self.checkpoints()[: -self.keep]:
-            shutil.rmtree(old, ignore_errors=True)
 
-    def resolve(self, resume: Optional[str]) -> Optional[Path]:
-        """``"latest"`` -> newest checkpoint or None; a path -> that checkpoint; None -> None."""
-        if resume is None:
-            return None
-        if resume == "latest":
-            found = self.checkpoints()
-            return found[-1] if found else None
-        path = Path(resume)
-        if not (path / TRAINER_STATE).is_file():
-            raise ValueError(f"resume={resume!r} is not a checkpoint folder (no {TRAINER_STATE}); use 'latest', "
-                             f"null or a folder like {self.root}/{CHECKPOINT_PREFIX}1000.")
-        return path
+def prepare_run(config: TrainConfig, accelerator: Accelerator, pipe: DeepGenPipeline, trainable: NamedParameters,
+                module: nn.Module, stream: Optional[MixedBatchStream], stage: str,
+                updates_per_step: int = 1) -> Run:
+    """Optimiser, schedule, accelerate's ``prepare`` of ``module``, EMA, checkpoints, then resume (or start at 0).
 
-    def resume(self, resume: Optional[str], stream: Optional[MixedBatchStream] = None,
-               ema: Optional[EMAModel] = None) -> int:
-        """Restore the state of ``resume`` (see :meth:`resolve`); return the step to continue from (0 if none)."""
-        path = self.resolve(resume)
-        if path is None:
-            return 0
-        accelerator = self.accelerator
-        state = json.loads((path / TRAINER_STATE).read_text())
-        if state["num_processes"] != accelerator.num_processes:
-            raise ValueError(f"{path} was written by {state['num_processes']} processes but this run has "
-                             f"{accelerator.num_processes}; resume with the same number so the data order matches.")
-        accelerator.load_state(str(path))
-        if stream is not None:
-            stream.load_state_dict(torch.load(path / f"data_state_{accelerator.process_index}.pt",
-                                              weights_only=False))
-        if ema is not None:
-            if not (path / EMA_STATE).is_file():
-                raise ValueError(f"{path} has no EMA state but ema.enabled is true; resume with the same config.")
-            ema.load_state_dict(torch.load(path / EMA_STATE, weights_only=False))
-            ema.to(accelerator.device)  # the shadow weights were loaded on the CPU
-        logger.info("Resumed from %s at step %d.", path, state["step"])
-        return int(state["step"])
-
-
-def load_trainable(trainable: NamedParameters, path: Path) -> None:
-    """Copy saved trainable weights into ``trainable``; every name must match both ways."""
-    state = load_file(str(path))
-    names = {name for name, _ in trainable}
-    missing, unexpected = sorted(names - set(state)), sorted(set(state) - names)
-    if missing or unexpected:
-        raise ValueError(f"{path} does not match the trainable parameters of this config: missing {missing[:5]}, "
-                         f"unexpected {unexpected[:5]}. Resume with the same freeze/LoRA schedule.")
-    with torch.no_grad():
-        for name, parameter in trainable:
-            parameter.copy_(state[name].to(parameter.dtype))
+    Args:
+        module: the module whose forward the loop calls (accelerate wraps it for DDP/FSDP).
+        stream: the supervised data, whose position is checkpointed (None when the run reads none).
+        stage: name recorded in checkpoints and shown on the progress bar.
+        updates_per_step: optimiser steps per loop step (stage 3); the LR schedule counts optimiser steps.
+    """
+    optimizer = build_optimizer([p for _, p in trainable], config.optim)
+    schedule = dataclasses.replace(config, max_steps=config.max_steps * updates_per_step)
+    lr_scheduler = build_lr_scheduler(optimizer, schedule, accelerator.num_processes)
+    model, optimizer, lr_scheduler = accelerator.prepare(module, optimizer, lr_scheduler)
+    ema = build_ema(trainable, config.ema)
+    if ema is not None:
+        ema.to(accelerator.device)
+    checkpoints = CheckpointManager(config.output_dir, accelerator, trainable, config.keep_checkpoints)
+    step = checkpoints.resume(config.resume, stream, ema)
+    return Run(config=config, accelerator=accelerator, pipe=pipe, trainable=trainable, model=model,
+               optimizer=optimizer, lr_scheduler=lr_scheduler, ema=ema, checkpoints=checkpoints,
+               loss_log=LossLog(config.output_dir, accelerator, step), stream=stream, stage=stage, step=step,
+               progress=tqdm(total=config.max_steps, initial=step, desc=stage,
+                             disable=not accelerator.is_local_main_process))
 
 
 # --- logs and outputs ---------------------------------------------------------------------------------------------

@@ -1,43 +1,42 @@
 """Write the shape-world training set as parquet shards, the input of every nano training step.
 
-Each row is one :func:`deepgen.world.to_records` record: ``image`` (target), ``source_image`` (edits only),
+Each row is one :func:`deepgen.nano.world.to_records` record: ``image`` (target), ``source_image`` (edits only),
 ``prompt`` (caption or instruction), ``capability`` and ``metadata`` (JSON). Only the ``train`` split is written;
 the evaluation split is regenerated from its seed by ``train/evaluate.py``, so it can never leak into training.
 
 Usage:
     python train/nano/make_data.py --out runs/nano/data --num-samples 40000 --shard-size 5000
+    python train/nano/make_data.py --out runs/tiny/data --num-samples 32 --size 32   # the tiny-*.yaml configs
 """
 
 from __future__ import annotations
 
 import argparse
 from pathlib import Path
+from typing import Optional, Sequence
 
-from datasets import Dataset
-
-from deepgen import world
+from deepgen.nano import world
 
 # Generation and editing twice as often as the other capabilities: they cover the most combinations.
 MIXTURE = ("generation", "editing", "reasoning_generation", "reasoning_editing", "text_rendering", "generation",
            "editing")
 
 
-def main() -> None:
+def main(argv: Optional[Sequence[str]] = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--out", type=Path, default=Path("runs/nano/data"), help="folder for train-*.parquet")
     parser.add_argument("--num-samples", type=int, default=40000)
     parser.add_argument("--shard-size", type=int, default=5000)
     parser.add_argument("--seed", type=int, default=0, help="world seed of the train split")
     parser.add_argument("--size", type=int, default=64, help="image side in pixels")
-    args = parser.parse_args()
+    args = parser.parse_args(argv)
 
     args.out.mkdir(parents=True, exist_ok=True)
     samples = world.dataset("train", args.num_samples, seed=args.seed, capabilities=MIXTURE)
     for shard, start in enumerate(range(0, args.num_samples, args.shard_size)):
-        records = world.to_records(samples[start:start + args.shard_size], size=args.size)
-        path = args.out / f"train-{shard:05d}.parquet"
-        Dataset.from_list(records).to_parquet(str(path))
-        print(f"wrote {path} ({len(records)} samples)", flush=True)
+        shard_samples = samples[start:start + args.shard_size]
+        path = world.write_parquet(shard_samples, args.out / f"train-{shard:05d}.parquet", size=args.size)
+        print(f"wrote {path} ({len(shard_samples)} samples)", flush=True)
 
 
 if __name__ == "__main__":

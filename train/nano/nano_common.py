@@ -24,7 +24,7 @@ import torch
 from PIL import Image
 from torch import nn
 
-from deepgen import world
+from deepgen.nano import world
 
 # Extra sentences for the nano tokenizer: the wording of the VLM's answers and questions (see pretrain_vlm.py).
 TOKENIZER_EXTRA = (
@@ -120,7 +120,7 @@ def describe_object(obj: dict[str, Any]) -> str:
 
 
 def describe_scene(scene: dict[str, Any]) -> str:
-    """Canonical caption of a :meth:`deepgen.world.Scene.to_dict`, objects in reading order (grid cells).
+    """Canonical caption of a :meth:`deepgen.nano.world.Scene.to_dict`, objects in reading order (grid cells).
 
     e.g. "a grey background with a large red circle at the top left and a small blue square in the center";
     a glyph scene reads "a grey background with the digit 7 in red".

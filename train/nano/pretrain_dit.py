@@ -38,7 +38,7 @@ from nano_common import (
     tokenizer_corpus,
 )
 
-from deepgen import shapeeval, world
+from deepgen.nano import shapeeval, world
 from deepgen.config import get_preset
 from deepgen.image_processing import tensor_to_uint8
 from deepgen.kontext import KontextSD3Transformer2DModel

@@ -32,7 +32,7 @@ from nano_common import (
     to_tensor,
 )
 
-from deepgen import shapeeval, world
+from deepgen.nano import shapeeval, world
 from deepgen.config import get_preset
 
 

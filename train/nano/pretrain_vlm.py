@@ -40,7 +40,7 @@ from nano_common import (
     tokenizer_corpus,
 )
 
-from deepgen import world
+from deepgen.nano import world
 from deepgen.config import get_preset
 from deepgen.image_processing import vit_patches
 from deepgen.model import build_vlm

@@ -21,7 +21,7 @@ import torch
 from diffusers import AutoencoderKL
 from PIL import Image, ImageDraw
 
-from deepgen import shapeeval, world
+from deepgen.nano import shapeeval, world
 from deepgen.image_processing import tensor_to_uint8
 
 

@@ -12,7 +12,7 @@ import json
 import sys
 from pathlib import Path
 
-from deepgen import world
+from deepgen.nano import world
 
 
 def main() -> None:

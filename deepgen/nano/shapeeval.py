@@ -2,7 +2,7 @@
 
 An image is read back into objects in four steps, all at the canonical :data:`EVAL_SIZE`:
 
-1. the background is the :data:`deepgen.world.PALETTE` colour that most pixels are within
+1. the background is the :data:`deepgen.nano.world.PALETTE` colour that most pixels are within
    :data:`COLOUR_TOLERANCE` RGB units of, provided it covers :data:`MIN_BACKGROUND_SHARE` of the image;
 2. every other pixel is unmixed: it is explained by the object colour whose straight line from the background
    passes closest to it, and takes that colour if the line is within the tolerance and the pixel is at least
@@ -423,8 +423,8 @@ def evaluate(image: ImageLike, sample_or_metadata: MetadataLike) -> dict[str, fl
 
     Args:
         image: the model output, a PIL image or an HxWx3 uint8 array of any size (resized to ``EVAL_SIZE``).
-        sample_or_metadata: the :class:`deepgen.world.Sample`, its ``metadata``, or the metadata JSON string
-            stored by :func:`deepgen.world.to_records`.
+        sample_or_metadata: the :class:`deepgen.nano.world.Sample`, its ``metadata``, or the metadata JSON string
+            stored by :func:`deepgen.nano.world.to_records`.
 
     Returns:
         The capability's criteria (see the module docstring) plus ``overall`` and ``correct``, all in [0, 1].
@@ -438,7 +438,7 @@ def evaluate(image: ImageLike, sample_or_metadata: MetadataLike) -> dict[str, fl
     if capability == "text_rendering":
         return _score_text(image, metadata)
     raise ValueError(f"metadata['capability'] is {capability!r}; expected one of {world.CAPABILITIES}. Pass the "
-                     "metadata of a deepgen.world.Sample.")
+                     "metadata of a deepgen.nano.world.Sample.")
 
 
 def evaluate_dataset(images: Sequence[ImageLike], samples: Sequence[MetadataLike]) -> dict[str, Any]:

@@ -3,7 +3,7 @@
 DeepGen-nano is trained and evaluated on CPU, so instead of web images it learns a tiny world of flat coloured
 shapes on a 3x3 grid. Every sample is generated from a seed, rendered without anti-aliasing, and carries a
 JSON-serialisable ``metadata`` dict that states what must be true of a correct output; ShapeEval
-(:mod:`deepgen.shapeeval`) reads it back to score generated images and RL rewards.
+(:mod:`deepgen.nano.shapeeval`) reads it back to score generated images and RL rewards.
 
 The five capabilities, in miniature:
 
@@ -35,9 +35,11 @@ pairs are a subset of the modular rule's, so components trained on the rule alon
 from __future__ import annotations
 
 import json
+import os
 import random
 import string
 from dataclasses import asdict, dataclass, field, replace
+from pathlib import Path
 from typing import Any, Callable, Iterable, Optional, Sequence, Union
 
 from PIL import Image, ImageDraw
@@ -556,6 +558,24 @@ def to_records(samples: Iterable[Sample], size: int = 64) -> list[dict[str, Any]
     return [{"image": s.target_image(size), "source_image": s.source_image(size), "prompt": s.prompt,
              "capability": s.capability, "metadata": json.dumps(s.metadata, sort_keys=True)}
             for s in samples]
+
+
+def write_parquet(samples: Sequence[Sample], path: Union[str, Path], size: int = 64) -> Path:
+    """Write :func:`to_records` rows of ``samples`` as one parquet file (a ``format: parquet`` training source).
+
+    Written to a temporary file beside ``path`` and renamed into place, so a failure leaves no partial file.
+    """
+    from datasets import Dataset  # imported here: the world itself needs only PIL
+
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    temp = path.with_name(f".{path.name}.tmp")
+    try:
+        Dataset.from_list(to_records(samples, size=size)).to_parquet(str(temp))
+        os.replace(temp, path)
+    finally:
+        temp.unlink(missing_ok=True)
+    return path
 
 
 def caption_corpus() -> list[str]:
