@@ -118,6 +118,13 @@ def test_vlm_judge_reports_a_dead_service():
         VLMJudgeReward("localhost:8000", model="m")
 
 
+def test_vlm_judge_names_a_refusing_endpoint(judge_server):
+    _Judge.answers = [(404, "no such model")]
+    with pytest.raises(VLMJudgeError, match="HTTP 404"):
+        VLMJudgeReward(judge_server, model="m", retries=3)([Image.new("RGB", (16, 16))], ["x"], [{}])
+    assert len(_Judge.seen) == 1  # a client error is not retried
+
+
 def test_vlm_judge_without_a_score(judge_server):
     _Judge.answers = [(200, "no idea")]
     with pytest.raises(VLMJudgeError, match="no score"):

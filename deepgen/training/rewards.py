@@ -17,12 +17,10 @@ import json
 import logging
 import os
 import re
-import time
-import urllib.error
-import urllib.request
 from typing import TYPE_CHECKING, Any, Callable, Mapping, Optional, Protocol, Sequence
 
 import torch
+import urllib3
 from PIL import Image
 
 if TYPE_CHECKING:
@@ -141,6 +139,11 @@ class VLMJudgeReward:
         self.model, self.api_key = model, api_key
         self.timeout, self.retries, self.backoff = timeout, retries, backoff
         self.prompt_template, self.max_tokens = prompt_template, max_tokens
+        # urllib3 retries connection errors, timeouts, 429 and 5xx with exponential backoff. (huggingface_hub's
+        # http_backoff would refuse a local judge whenever HF_HUB_OFFLINE=1, as it is on offline training nodes.)
+        retry = urllib3.Retry(total=retries, backoff_factor=backoff, status_forcelist=(429, 500, 502, 503, 504),
+                              allowed_methods=None, raise_on_status=True)
+        self._http = urllib3.PoolManager(retries=retry, timeout=urllib3.Timeout(total=timeout))
 
     @staticmethod
     def parse_score(text: str) -> float:
@@ -164,30 +167,19 @@ class VLMJudgeReward:
         headers = {"Content-Type": "application/json"}
         if self.api_key:
             headers["Authorization"] = f"Bearer {self.api_key}"
-        request = urllib.request.Request(self.url, data=json.dumps(body).encode(), headers=headers, method="POST")
-        with urllib.request.urlopen(request, timeout=self.timeout) as response:
-            payload = json.loads(response.read())
         try:
-            return payload["choices"][0]["message"]["content"]
-        except (KeyError, IndexError, TypeError) as error:
-            raise VLMJudgeError(f"Unexpected answer from {self.url}: {str(payload)[:200]}") from error
-
-    def _with_retries(self, ask: Callable[[], Any]) -> Any:
-        last_error: Optional[Exception] = None
-        for attempt in range(self.retries + 1):
-            try:
-                return ask()
-            except (urllib.error.URLError, TimeoutError, ConnectionError, json.JSONDecodeError, VLMJudgeError) as error:
-                last_error = error
-                logger.warning("VLM judge attempt %d/%d failed: %s", attempt + 1, self.retries + 1, error)
-                if attempt < self.retries:
-                    time.sleep(self.backoff * 2**attempt)
-        raise VLMJudgeError(f"The VLM judge at {self.url} failed after {self.retries + 1} attempts ({last_error}). "
-                            "Is the server running and serving the model named in the config?")
+            response = self._http.request("POST", self.url, body=json.dumps(body).encode(), headers=headers)
+            if response.status >= 400:
+                raise ValueError(f"HTTP {response.status}: {response.data[:200]!r}")
+            return json.loads(response.data)["choices"][0]["message"]["content"]
+        except (urllib3.exceptions.HTTPError, ValueError, KeyError, IndexError, TypeError) as error:
+            raise VLMJudgeError(
+                f"The VLM judge at {self.url} failed after {self.retries + 1} attempts ({type(error).__name__}: "
+                f"{str(error)[:200]}). Is the server running and serving the model named in the config?") from error
 
     def score(self, image: Image.Image, prompt: str) -> float:
         text = self.prompt_template.format(prompt=prompt)
-        return self._with_retries(lambda: self.parse_score(self._chat([image], text)))
+        return self.parse_score(self._chat([image], text))
 
     def __call__(self, images, prompts, metadata) -> torch.Tensor:
         check_batch(images, prompts, metadata)
@@ -241,7 +233,7 @@ class PairwiseVLMJudgeReward(VLMJudgeReward):
         for i in range(len(images)):
             for j in range(i + 1, len(images)):
                 text = self.prompt_template.format(prompt=prompts[i])
-                verdict = self._with_retries(lambda: self.parse_winner(self._chat([images[i], images[j]], text)))
+                verdict = self.parse_winner(self._chat([images[i], images[j]], text))
                 outcomes.append((i, j, None if verdict is None else (i, j)[verdict]))
         return pairwise_win_rates(len(images), outcomes)
 
