@@ -29,7 +29,8 @@ from deepgen.memory import PeakMemory
 from . import DEFAULT_REGISTRY
 from .inputs import contestant_problems, load_references, parse_prompt_file, reference_problems, upload_paths
 from .models import ModelManager, free_memory
-from .records import OUTPUT_TTL_S, ProgressFn, Run, StepCounter, TaskResult, environment_record, new_task_folder
+from .records import (OUTPUT_TTL_S, ProgressFn, Run, StepCounter, TaskResult, environment_record, new_task_folder,
+                      public_source)
 from .settings import MATRIX_TASKS, MAX_MATRIX_RUNS, MAX_SIDE, Settings, StudioInputError, raise_for_problems
 from .zerogpu import MAX_GPU_SECONDS, MIN_GPU_SECONDS, clamp_gpu_seconds, work_seconds
 
@@ -301,7 +302,7 @@ class Studio:
             runs.append(Run(c.id, c.label, job.prompt, job.negative_prompt, list(job.seeds), job.steps, job.guidance,
                             settings.width, settings.height,
                             references_used=min(len(references), c.max_reference_images)))
-            models.setdefault(c.id, c.describe())
+            models.setdefault(c.id, dict(c.describe(), source=public_source(c.source)))
         for index in self.execution_order(jobs):
             job, run, number = jobs[index], runs[index], index + 1
             c = self.manager.contestants[job.contestant_id]
