@@ -27,7 +27,7 @@ import gradio as gr
 from deepgen.bench.browse import ROOT_ENV, bench_root
 from deepgen.builtin import OFFICIAL_DIT, OFFICIAL_VLM
 from studio import DEFAULT_REGISTRY, EXAMPLES_DIR
-from studio.inputs import MAX_UPLOAD_BYTES
+from studio.server import MAX_SESSIONS, launch, shutdown
 from studio.tasks import Studio
 from studio.ui import build_demo
 from studio.zerogpu import on_spaces
@@ -55,6 +55,8 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--host", default=os.environ.get("GRADIO_SERVER_NAME", "127.0.0.1"))
     parser.add_argument("--port", type=int, default=int(os.environ.get("GRADIO_SERVER_PORT", "7860")))
     parser.add_argument("--queue-size", type=int, default=64, help="requests waiting at most; more are refused")
+    parser.add_argument("--max-sessions", type=int, default=MAX_SESSIONS,
+                        help="browser/API sessions whose page state is kept in memory (the oldest are dropped)")
     parser.add_argument("--cache-examples", action=argparse.BooleanOptionalAction, default=on_spaces(),
                         help="cache example outputs lazily (default: on a Space)")
     parser.add_argument("--mcp", action=argparse.BooleanOptionalAction,
@@ -79,10 +81,10 @@ def main(argv: Optional[Sequence[str]] = None) -> None:
     demo.queue(max_size=args.queue_size, default_concurrency_limit=1)
     signal.signal(signal.SIGTERM, lambda signum, frame: sys.exit(0))  # `kill` also runs the clean-up below
     try:
-        demo.launch(server_name=args.host, server_port=args.port, max_file_size=MAX_UPLOAD_BYTES,
-                    show_error=False, allowed_paths=ALLOWED_PATHS, theme=gr.themes.Soft(),
-                    mcp_server=args.mcp)
+        launch(demo, max_sessions=args.max_sessions, server_name=args.host, server_port=args.port,
+               show_error=False, allowed_paths=ALLOWED_PATHS, theme=gr.themes.Soft(), mcp_server=args.mcp)
     finally:
+        shutdown(demo)
         studio.close()
 
 

@@ -5,16 +5,18 @@ Everything here reads files Gradio has already saved; user text never becomes a 
 
 from __future__ import annotations
 
+import io
 import json
 import os
+import struct
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Optional
+from typing import Any, BinaryIO, Optional
 
 from PIL import Image
 
 from deepgen.contestants import Contestant
-from deepgen.image_processing import check_image_size, load_image
+from deepgen.image_processing import MIN_INPUT_SIDE, load_image
 from deepgen.memory import format_bytes
 
 from . import EXAMPLES_DIR
@@ -25,6 +27,10 @@ MAX_UPLOAD_BYTES = 20 * 1024 * 1024  # also given to Gradio as launch(max_file_s
 MAX_PROMPT_FILE_BYTES = 64 * 1024
 IMAGE_FORMATS = ("PNG", "JPEG", "WEBP", "BMP", "GIF", "TIFF")
 PROMPT_FILE_SUFFIXES = (".txt", ".jsonl")
+MAX_INPUT_SIDE = 4096  # deepgen.image_processing.MAX_INPUT_PIXELS is this squared
+JSONL_KEYS = ("prompt", "negative_prompt", "seed")
+PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
+PNG_TEXT_CHUNKS = (b"tEXt", b"zTXt", b"iTXt")
 
 
 def upload_path(item: Any) -> Optional[str]:
@@ -53,11 +59,35 @@ def upload_paths(files: Any) -> list[str]:
     return paths
 
 
+def open_upload(path: str) -> BinaryIO:
+    """An uploaded image file to hand to PIL. A PNG's text chunks are dropped first: they are metadata this app
+    never reads, and PIL refuses a PNG whose text is large (it guards against text bombs)."""
+    with open(path, "rb") as file:
+        data = file.read()
+    if not data.startswith(PNG_SIGNATURE):
+        return io.BytesIO(data)
+    kept, offset = [PNG_SIGNATURE], len(PNG_SIGNATURE)
+    while offset + 8 <= len(data):
+        (length,), kind = struct.unpack(">I", data[offset:offset + 4]), data[offset + 4:offset + 8]
+        end = offset + 12 + length  # length, type, data, CRC
+        if kind not in PNG_TEXT_CHUNKS:
+            kept.append(data[offset:end])
+        offset = end
+    return io.BytesIO(b"".join(kept))
+
+
+def _too_large(number: int) -> str:
+    return f"Image {number} is larger than {MAX_INPUT_SIDE}x{MAX_INPUT_SIDE} pixels; downscale it first."
+
+
 def reference_problems(files: Any, required: bool) -> Optional[str]:
     """Why the uploaded reference images are not acceptable (count, size, not an image), or None.
 
     Reads only image headers; full decoding (with decompression-bomb checks) happens in :func:`load_references`.
+    The file's content decides what it is, not its name (a PNG without an extension is a PNG).
     """
+    if files is not None and not isinstance(files, (list, tuple, dict, str, Path)):
+        return f"Images must be a list of uploaded files, got a {type(files).__name__}."
     paths = upload_paths(files)
     if not paths:
         return "Upload at least one image to edit." if required else None
@@ -68,14 +98,18 @@ def reference_problems(files: Any, required: bool) -> Optional[str]:
             size = os.path.getsize(path)
             if size > MAX_UPLOAD_BYTES:
                 return f"Image {number} is {format_bytes(size)}; the limit is {format_bytes(MAX_UPLOAD_BYTES)}."
-            with Image.open(path) as image:
+            with Image.open(open_upload(path)) as image:
                 if image.format not in IMAGE_FORMATS:
                     return f"Image {number} is a {image.format} file; upload one of {', '.join(IMAGE_FORMATS)}."
-                check_image_size(image.size)
-        except ValueError as error:
-            return f"Image {number}: {error}"
-        except (OSError, SyntaxError):
+                width, height = image.size
+        except Image.DecompressionBombError:  # over PIL's own limit, far over ours
+            return _too_large(number)
+        except (OSError, SyntaxError, ValueError):
             return f"File {number} is not an image this app can read (use PNG, JPEG or WebP)."
+        if width * height > MAX_INPUT_SIDE**2:
+            return _too_large(number)
+        if min(width, height) < MIN_INPUT_SIDE:
+            return f"Image {number} is {width}x{height} pixels; both sides must be at least {MIN_INPUT_SIDE}."
     return None
 
 
@@ -87,7 +121,7 @@ def load_references(files: Any) -> list[Image.Image]:
     images = []
     for number, path in enumerate(upload_paths(files), start=1):
         try:
-            images.append(load_image(path))
+            images.append(load_image(open_upload(path)))
         except ValueError as error:
             raise StudioInputError(f"Image {number} cannot be used: it is unreadable or too large.") from error
     return images
@@ -96,6 +130,9 @@ def load_references(files: Any) -> list[Image.Image]:
 def contestant_problems(selected: Any, registry: dict[str, Contestant],
                         minimum: int = MIN_CONTESTANTS) -> Optional[str]:
     """Why a contestant selection is not acceptable (count, unknown ids, repeats), or None."""
+    if selected is not None and not (isinstance(selected, (list, tuple))
+                                     and all(isinstance(i, str) for i in selected)):
+        return f"Contestants must be a list of contestant ids, got {type(selected).__name__} {selected!r:.60}."
     ids = list(selected or [])
     if not minimum <= len(ids) <= MAX_CONTESTANTS:
         return f"Select {minimum} to {MAX_CONTESTANTS} contestants (got {len(ids)})."
@@ -137,16 +174,25 @@ def _jsonl_item(number: int, line: str) -> PromptItem:
         value = json.loads(line)
     except json.JSONDecodeError as error:
         raise StudioInputError(f"Line {number} of the prompt list is not valid JSON ({error.msg}).") from error
+    except RecursionError as error:
+        raise StudioInputError(f"Line {number} of the prompt list is too deeply nested.") from error
     if isinstance(value, str):
         value = {"prompt": value}
-    if not isinstance(value, dict) or not isinstance(value.get("prompt"), str):
-        raise StudioInputError(f'Line {number}: expected {{"prompt": "...", "negative_prompt": "...", "seed": 0}}.')
+    expected = '{"prompt": "...", "negative_prompt": "...", "seed": 0}'
+    if not isinstance(value, dict):
+        raise StudioInputError(f"Line {number}: expected a JSON object like {expected}, got a {type(value).__name__}.")
+    unknown = sorted(set(value) - set(JSONL_KEYS))
+    if unknown:
+        raise StudioInputError(f"Line {number}: unknown keys {unknown}; a line may have {list(JSONL_KEYS)}.")
+    if not isinstance(value.get("prompt"), str):
+        raise StudioInputError(f"Line {number}: the prompt must be text, as in {expected}.")
+    negative = value.get("negative_prompt")
+    if negative is not None and not isinstance(negative, str):
+        raise StudioInputError(f"Line {number}: negative_prompt must be text, got {negative!r:.40}.")
     seed = value.get("seed")
     if seed is not None and (not is_whole(seed) or not 0 <= int(seed) <= MAX_SEED):
-        raise StudioInputError(f"Line {number}: seed must be a whole number from 0 to {MAX_SEED}.")
-    negative = value.get("negative_prompt")
-    return PromptItem(value["prompt"], negative if isinstance(negative, str) else None,
-                      None if seed is None else int(seed))
+        raise StudioInputError(f"Line {number}: seed must be a whole number from 0 to {MAX_SEED}, got {seed!r:.40}.")
+    return PromptItem(value["prompt"], negative, None if seed is None else int(seed))
 
 
 def parse_prompt_file(path: Any) -> list[PromptItem]:

@@ -17,6 +17,7 @@ from deepgen.builtin import RANDOM_PRESETS, available_builtin_models
 from deepgen.contestants import (Contestant, LoadedModel, explain_load_error, hub_cache_path, hub_offline, is_builtin,
                                  load_contestant)
 
+from .records import public_source
 from .settings import MIN_CONTESTANTS, StudioInputError
 
 logger = logging.getLogger(__name__)
@@ -119,7 +120,7 @@ class ModelManager:
         """One Markdown line saying plainly which model runs, on what."""
         c, model = self.active, self.get(self.active_id)
         dtype = str(c.torch_dtype(self.device)).replace("torch.", "")
-        text = (f"**Running model:** {c.label} — `{c.source}` (revision `{model.revision}`) on "
+        text = (f"**Running model:** {c.label} — `{public_source(c.source)}` (revision `{model.revision}`) on "
                 f"**{self.device.type}**, {dtype}.")
         if c.source in RANDOM_PRESETS:
             text += (" ⚠️ This is the random-weight test preset: its images are noise. Start the app with "

@@ -35,11 +35,18 @@ def _version(package: str) -> Optional[str]:
         return None
 
 
+def public_source(source: str) -> str:
+    """A model source as the page and exports show it: a local file or folder by its name only (its absolute
+    path says who runs the server and where), a built-in name or hub id as it is."""
+    path = Path(source).expanduser()
+    return path.name if path.is_absolute() or path.exists() else source
+
+
 def environment_record(device: torch.device) -> dict:
-    """Versions and device, for reproducibility records."""
+    """Versions and device, for reproducibility records (the operating system's name, not its kernel build)."""
     record = {
         "python": platform.python_version(),
-        "platform": platform.platform(terse=True),
+        "platform": platform.system(),
         "packages": {name: _version(name) for name in ("deepgen-studio", "torch", "diffusers", "transformers",
                                                          "gradio", "huggingface_hub", "peft")},
         "device": str(device),
@@ -90,7 +97,7 @@ class Run:
         """What goes into one PNG's text chunks: enough to reproduce it."""
         c = model.contestant
         return {"task": task, "prompt": self.prompt, "negative_prompt": self.negative_prompt, "model": c.id,
-                "model_source": c.source + (f"/{c.filename}" if c.filename else ""), "revision": model.revision,
+                "model_source": public_source(c.source) + (f"/{c.filename}" if c.filename else ""), "revision": model.revision,
                 "seed": seed, "steps": self.steps, "guidance": self.guidance, "width": image.width,
                 "height": image.height, "reference_images": self.references_used, "app": "DeepGen Studio"}
 

@@ -54,6 +54,19 @@ class StudioInputError(ValueError):
     """A request the Studio refuses before doing any model work; the message is shown to the user as is."""
 
 
+_LABELS = {"follow_source": "Follow source", "recommended_settings": "Recommended settings",
+           "randomize_seed": "Randomize seed"}
+
+
+def _kind(value: Any) -> str:
+    """A value as a message shows it: numbers and short text as they are, anything else by its type."""
+    if value is None or isinstance(value, (bool, int, float)):
+        return repr(value)
+    if isinstance(value, str):
+        return repr(value) if len(value) <= 40 else f"text of {len(value)} characters"
+    return f"a {type(value).__name__}"
+
+
 def random_seed() -> int:
     return random.SystemRandom().randint(0, MAX_SEED)
 
@@ -99,6 +112,8 @@ class Settings:
         steps: denoising steps.
         guidance: classifier-free guidance scale (the one name for it in the app).
         seed: the first seed; None draws one. Further images use ``seed+1, seed+2, …``.
+        randomize_seed: the caller's checkbox (API/page): True draws a seed, False requires ``seed``; None (the
+            Python default) draws one only when ``seed`` is None.
         count: images per contestant and prompt: Generate/Edit's ``num_images``, the sweep's ``num_seeds``.
         recommended_settings: each contestant uses its own recommended steps and guidance (matrix tasks).
     """
@@ -117,20 +132,19 @@ class Settings:
     seed: Any = 0
     count: Any = 1
     recommended_settings: Any = False
+    randomize_seed: Any = None
 
     @classmethod
     def from_inputs(cls, task: str, **inputs: Any) -> "Settings":
-        """Settings from an endpoint's named inputs (:data:`INPUTS`): ``randomize_seed`` clears the seed, the
+        """Settings from an endpoint's named inputs (:data:`INPUTS`), as sent (checked by :meth:`problems`): the
         instruction is the prompt, ``num_images``/``num_seeds`` are the count."""
         if task not in INPUTS:
             raise ValueError(f"Unknown task {task!r}; expected one of {list(INPUTS)}.")
         unknown = set(inputs) - set(INPUTS[task])
         if unknown:
             raise TypeError(f"{task} takes the inputs {list(INPUTS[task])}, not {sorted(unknown)}.")
-        values = {name: value for name, value in inputs.items() if name not in ("randomize_seed", "instruction",
-                                                                                "num_images", "num_seeds")}
-        if inputs.get("randomize_seed"):
-            values["seed"] = None
+        values = {name: value for name, value in inputs.items() if name not in ("instruction", "num_images",
+                                                                                "num_seeds")}
         if "instruction" in inputs:
             values["prompt"] = inputs["instruction"]
         for name in ("num_images", "num_seeds"):
@@ -153,32 +167,40 @@ class Settings:
         """
         problems: dict[str, str] = {}
         if self.task != "prompt_batch":
-            if not isinstance(self.prompt, str) or not self.prompt.strip():
+            if not isinstance(self.prompt, str):
+                what = "instruction" if self.task == "edit" else "prompt"
+                problems["prompt"] = f"The {what} must be text, got {_kind(self.prompt)}."
+            elif not self.prompt.strip():
                 problems["prompt"] = "The prompt is empty: describe the image (or the edit) you want."
             elif len(self.prompt) > MAX_PROMPT_CHARS:
                 problems["prompt"] = f"The prompt has {len(self.prompt)} characters; the limit is {MAX_PROMPT_CHARS}."
         if self.negative_prompt is not None and not isinstance(self.negative_prompt, str):
-            problems["negative_prompt"] = "The negative prompt must be text."
+            problems["negative_prompt"] = f"The negative prompt must be text, got {_kind(self.negative_prompt)}."
         elif self.negative_prompt and len(self.negative_prompt) > MAX_PROMPT_CHARS:
             problems["negative_prompt"] = f"The negative prompt is longer than {MAX_PROMPT_CHARS} characters."
-        if not self.follow_source:
+        for name in ("follow_source", "recommended_settings", "randomize_seed"):
+            value = getattr(self, name)
+            if not isinstance(value, bool) and not (name == "randomize_seed" and value is None):
+                problems[name] = f"{_LABELS[name]} must be true or false, got {_kind(value)}."
+        if self.follow_source is not True:
             for name, value in (("width", self.width), ("height", self.height)):
                 if not is_whole(value) or not MIN_SIDE <= int(value) <= max_side or int(value) % 16:
                     problems[name] = (f"{name.capitalize()} must be a multiple of 16 between {MIN_SIDE} and "
-                                      f"{max_side} pixels, got {value!r}.")
+                                      f"{max_side} pixels, got {_kind(value)}.")
         if not is_whole(self.steps) or not 1 <= int(self.steps) <= MAX_STEPS:
-            problems["steps"] = f"Steps must be a whole number from 1 to {MAX_STEPS}, got {self.steps!r}."
+            problems["steps"] = f"Steps must be a whole number from 1 to {MAX_STEPS}, got {_kind(self.steps)}."
         guidance = self.guidance
         if not isinstance(guidance, (int, float)) or isinstance(guidance, bool) or not math.isfinite(guidance) \
                 or not 0 <= guidance <= MAX_GUIDANCE:
-            problems["guidance"] = f"Guidance must be a number from 0 to {MAX_GUIDANCE:g}, got {guidance!r}."
-        if self.seed is not None and (not is_whole(self.seed) or not 0 <= int(self.seed) <= MAX_SEED):
-            problems["seed"] = f"The seed must be a whole number from 0 to {MAX_SEED}, got {self.seed!r}."
+            problems["guidance"] = f"Guidance must be a number from 0 to {MAX_GUIDANCE:g}, got {_kind(guidance)}."
+        seed_required = self.randomize_seed is False or (self.randomize_seed is None and self.seed is not None)
+        if seed_required and (not is_whole(self.seed) or not 0 <= int(self.seed) <= MAX_SEED):
+            problems["seed"] = f"The seed must be a whole number from 0 to {MAX_SEED}, got {_kind(self.seed)}."
         if self.task == "seed_sweep":
             if not is_whole(self.count) or not 1 <= int(self.count) <= MAX_SWEEP_SEEDS:
-                problems["count"] = f"A seed sweep takes 1 to {MAX_SWEEP_SEEDS} seeds, got {self.count!r}."
+                problems["count"] = f"A seed sweep takes 1 to {MAX_SWEEP_SEEDS} seeds, got {_kind(self.count)}."
         elif not is_whole(self.count) or not 1 <= int(self.count) <= MAX_IMAGES:
-            problems["count"] = f"Ask for 1 to {MAX_IMAGES} images, got {self.count!r}."
+            problems["count"] = f"Ask for 1 to {MAX_IMAGES} images, got {_kind(self.count)}."
         return {self.input_name(field): message for field, message in problems.items()}
 
     def resolved(self) -> "Settings":
@@ -188,7 +210,8 @@ class Settings:
                        width=None if self.follow_source else int(self.width),
                        height=None if self.follow_source else int(self.height),
                        steps=int(self.steps), guidance=float(self.guidance),
-                       seed=random_seed() if self.seed is None else int(self.seed), count=int(self.count),
+                       seed=random_seed() if self.randomize_seed or self.seed is None else int(self.seed),
+                       randomize_seed=False, count=int(self.count),
                        follow_source=bool(self.follow_source),
                        recommended_settings=bool(self.recommended_settings))
 

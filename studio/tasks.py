@@ -27,10 +27,12 @@ from deepgen.image_processing import save_png
 from deepgen.memory import PeakMemory
 
 from . import DEFAULT_REGISTRY
-from .inputs import contestant_problems, load_references, parse_prompt_file, reference_problems
+from .inputs import contestant_problems, load_references, parse_prompt_file, reference_problems, upload_paths
 from .models import ModelManager, free_memory
-from .records import OUTPUT_TTL_S, ProgressFn, Run, StepCounter, TaskResult, environment_record, new_task_folder
+from .records import (OUTPUT_TTL_S, ProgressFn, Run, StepCounter, TaskResult, environment_record, new_task_folder,
+                      public_source)
 from .settings import MATRIX_TASKS, MAX_MATRIX_RUNS, MAX_SIDE, Settings, StudioInputError, raise_for_problems
+from .zerogpu import MAX_GPU_SECONDS, MIN_GPU_SECONDS, clamp_gpu_seconds, work_seconds
 
 logger = logging.getLogger(__name__)
 
@@ -146,7 +148,62 @@ class Studio:
             image_problem = reference_problems(settings.images, required=settings.task == "edit")
             if image_problem:
                 problems["images"] = image_problem
+        if not problems:
+            problem = self._work_problem(settings.resolved())
+            if problem:
+                problems["contestants" if settings.task in MATRIX_TASKS else settings.input_name("count")] = problem
         return problems
+
+    def _work_problem(self, settings: Settings) -> Optional[str]:
+        """Why one request is too much work for one turn on the shared GPU queue, or None."""
+        jobs = self.jobs(settings)
+        seconds = self._work_seconds(settings, jobs, loads=False)
+        if seconds <= MAX_GPU_SECONDS:
+            return None
+        images, steps = sum(len(job.seeds) for job in jobs), max(job.steps for job in jobs)
+        size = "the source's size" if settings.width is None else f"{settings.width}x{settings.height}"
+        return (f"This request is too much work for one turn: {images} images of up to {steps} steps at {size} "
+                f"need about {seconds:.0f} s of GPU; the limit is {MAX_GPU_SECONDS} s a request. Use fewer seeds, "
+                f"prompts or contestants, fewer steps, or a smaller size.")
+
+    def _work_seconds(self, settings: Settings, jobs: list[Job], loads: bool) -> float:
+        c = self.manager.contestants
+        work = [(c[job.contestant_id], job.steps, len(job.seeds)) for job in jobs]
+        references = len(upload_paths(settings.images)) if settings.task != "prompt_batch" else 0
+        return work_seconds(work, settings.width, settings.height, references,
+                            self.manager.is_loaded if loads else None)
+
+    def gpu_seconds(self, settings: Settings) -> int:
+        """Seconds of GPU to ask ZeroGPU for: every job's denoising plus each model load, as :meth:`run` will do
+        them (a request that is not valid yet asks for the minimum; it is refused before it runs)."""
+        if self.problems(settings):
+            return MIN_GPU_SECONDS
+        settings = settings.resolved()
+        return clamp_gpu_seconds(self._work_seconds(settings, self.jobs(settings), loads=True))
+
+    def jobs(self, settings: Settings) -> list[Job]:
+        """The jobs of resolved, valid settings, in table order (prompt lists: prompt by prompt, each on every
+        contestant). :meth:`run` runs them grouped by contestant, the loaded ones first, so each model loads once."""
+        if settings.task in ("generate", "edit"):
+            return [self._job(self.manager.active_id, settings.prompt, settings.negative_prompt, settings.seeds,
+                              settings)]
+        if settings.task == "prompt_batch":
+            return [self._job(cid, item.prompt,
+                              settings.negative_prompt if item.negative_prompt is None else item.negative_prompt,
+                              [settings.seed if item.seed is None else item.seed], settings)
+                    for item in parse_prompt_file(settings.prompt_file) for cid in settings.contestants]
+        seeds = settings.seeds if settings.task == "seed_sweep" else [settings.seed]
+        return [self._job(cid, settings.prompt, settings.negative_prompt, seeds, settings)
+                for cid in settings.contestants]
+
+    def execution_order(self, jobs: list[Job]) -> list[int]:
+        """Job indices grouped by contestant, the contestants already loaded first: no model is loaded twice in a
+        request, and no loaded one is evicted before its turn."""
+        first = {}
+        for index, job in enumerate(jobs):
+            first.setdefault(job.contestant_id, index)
+        return sorted(range(len(jobs)), key=lambda i: (not self.manager.is_loaded(jobs[i].contestant_id),
+                                                       first[jobs[i].contestant_id], i))
 
     # --- tasks ----------------------------------------------------------------------------------------------
 
@@ -155,20 +212,21 @@ class Studio:
         raise_for_problems(self.problems(settings))
         settings = settings.resolved()
         references = load_references(settings.images) if settings.task != "prompt_batch" else []
+        jobs = self.jobs(settings)
         if settings.task in ("generate", "edit"):
-            job = self._job(self.manager.active_id, settings.prompt, settings.negative_prompt, settings.seeds,
-                            settings)
-            return self._run_matrix(settings.task, [job], references, settings, progress, raise_errors=True)
-        if settings.task == "prompt_batch":
-            return self._prompt_batch(settings, progress)
-        seeds = settings.seeds if settings.task == "seed_sweep" else [settings.seed]
-        jobs = [self._job(cid, settings.prompt, settings.negative_prompt, seeds, settings)
-                for cid in settings.contestants]
+            return self._run_matrix(settings.task, jobs, references, settings, progress, raise_errors=True)
         result = self._run_matrix(settings.task, jobs, references, settings, progress)
-        # compare: one row; seed sweep: one row per seed
-        cells = [[run.files[k] if k < len(run.files) else None for run in result.runs] for k in range(len(seeds))]
-        rows = [""] if settings.task == "compare" else [f"seed {s}" for s in seeds]
-        result.write_grid(cells, rows, [run.label for run in result.runs])
+        if settings.task == "prompt_batch":  # one row per prompt
+            columns = len(settings.contestants)
+            rows = [result.runs[r:r + columns] for r in range(0, len(result.runs), columns)]
+            cells = [[run.files[0] if run.files else None for run in row] for row in rows]
+            row_labels = [row[0].prompt for row in rows]
+        else:  # compare: one row; seed sweep: one row per seed
+            seeds = result.runs[0].seeds
+            cells = [[run.files[k] if k < len(run.files) else None for run in result.runs]
+                     for k in range(len(seeds))]
+            row_labels = [""] if settings.task == "compare" else [f"seed {s}" for s in seeds]
+        result.write_grid(cells, row_labels, [run.label for run in result.runs[:len(settings.contestants)]])
         return result
 
     def generate(self, prompt: str, negative_prompt: str = "", *, progress: Optional[ProgressFn] = None,
@@ -215,19 +273,6 @@ class Studio:
 
     # --- machinery ------------------------------------------------------------------------------------------
 
-    def _prompt_batch(self, settings: Settings, progress: Optional[ProgressFn]) -> TaskResult:
-        items = parse_prompt_file(settings.prompt_file)
-        jobs = [self._job(cid, item.prompt,
-                          settings.negative_prompt if item.negative_prompt is None else item.negative_prompt,
-                          [settings.seed if item.seed is None else item.seed], settings)
-                for item in items for cid in settings.contestants]
-        result = self._run_matrix("prompt_batch", jobs, [], settings, progress)
-        columns = len(settings.contestants)
-        cells = [[run.files[0] if run.files else None for run in result.runs[r * columns:(r + 1) * columns]]
-                 for r in range(len(items))]
-        result.write_grid(cells, [item.prompt for item in items], [run.label for run in result.runs[:columns]])
-        return result
-
     def _job(self, contestant_id: str, prompt: str, negative_prompt: str, seeds: list[int],
              settings: Settings) -> Job:
         c = self.manager.contestants[contestant_id]
@@ -252,12 +297,15 @@ class Studio:
         steps = StepCounter(sum(job.steps * len(job.seeds) for job in jobs), progress)
         runs: list[Run] = []
         models: dict[str, dict] = {}
-        for number, job in enumerate(jobs, start=1):
+        for job in jobs:
             c = self.manager.contestants[job.contestant_id]
-            run = Run(c.id, c.label, job.prompt, job.negative_prompt, list(job.seeds), job.steps, job.guidance,
-                      settings.width, settings.height, references_used=min(len(references), c.max_reference_images))
-            runs.append(run)
-            models.setdefault(c.id, c.describe())
+            runs.append(Run(c.id, c.label, job.prompt, job.negative_prompt, list(job.seeds), job.steps, job.guidance,
+                            settings.width, settings.height,
+                            references_used=min(len(references), c.max_reference_images)))
+            models.setdefault(c.id, dict(c.describe(), source=public_source(c.source)))
+        for index in self.execution_order(jobs):
+            job, run, number = jobs[index], runs[index], index + 1
+            c = self.manager.contestants[job.contestant_id]
             start = steps.done
             try:
                 self._run_job(task, number, run, references, folder, steps, models[c.id])

@@ -10,17 +10,16 @@ import functools
 import logging
 import math
 import os
-from typing import Any, Callable, Sequence
+from typing import Any, Callable, Optional, Sequence
 
 import gradio as gr
 import torch
 
 from deepgen.contestants import Contestant
 
-from .inputs import parse_prompt_file, upload_paths
-from .models import ModelManager, free_memory
+from .models import free_memory
 from .records import ProgressFn
-from .settings import DEFAULT_SIZE, MAX_REFERENCE_IMAGES, Settings, StudioInputError
+from .settings import DEFAULT_SIZE, MAX_REFERENCE_IMAGES
 
 try:
     import spaces
@@ -29,8 +28,9 @@ except ImportError:  # not on a Space: @gpu_task is a no-op
 
 logger = logging.getLogger(__name__)
 
-# ZeroGPU duration model: seconds = overhead + sum over contestants of load + steps x images x per-step cost,
-# scaled by megapixels and reference tokens, times a safety margin, clamped to what a Space may ask for.
+# ZeroGPU duration model: seconds = overhead + sum over jobs of steps x images x per-step cost, scaled by megapixels
+# and reference tokens, + one load per contestant not loaded, times a safety margin, clamped to what a Space may ask
+# for. A request whose denoising alone needs more than MAX_GPU_SECONDS is refused (Studio.problems).
 GPU_OVERHEAD_S = 5.0
 GPU_SAFETY = 1.25
 MIN_GPU_SECONDS, MAX_GPU_SECONDS = 10, 300
@@ -39,42 +39,39 @@ GENERIC_ERROR = ("Something went wrong while running this request. It has been l
                  "try again, or change the settings.")
 
 
+def work_seconds(work: Sequence[tuple[Contestant, int, int]], width: Optional[int], height: Optional[int],
+                 reference_images: int = 0, loaded: Optional[Callable[[str], bool]] = None) -> float:
+    """Unclamped GPU seconds for ``work``, (contestant, steps, images) triples: per triple the contestant's
+    per-step cost (at 1024x1024) x steps x images, scaled by megapixels and by the reference-image tokens an edit
+    adds; with ``loaded``, plus one load for each distinct contestant that is not loaded (the Studio runs the loaded
+    ones first and loads each other one once); then the overhead and the safety margin."""
+    megapixels = max((width or DEFAULT_SIZE) * (height or DEFAULT_SIZE) / 1024**2, 0.25)
+    token_factor = 1 + min(reference_images, MAX_REFERENCE_IMAGES)
+    seconds = GPU_OVERHEAD_S + sum(c.gpu_seconds_per_step * steps * images * megapixels * token_factor
+                                   for c, steps, images in work)
+    if loaded is not None:
+        contestants = {c.id: c for c, _, _ in work}
+        seconds += sum(c.gpu_load_seconds for cid, c in contestants.items() if not loaded(cid))
+    return seconds * GPU_SAFETY
+
+
+def clamp_gpu_seconds(seconds: float) -> int:
+    """What a Space may ask ZeroGPU for."""
+    return int(min(MAX_GPU_SECONDS, max(MIN_GPU_SECONDS, math.ceil(seconds))))
+
+
 def estimate_gpu_seconds(contestants: Sequence[Contestant], steps: Any, width: Any, height: Any,
                          images_per_contestant: Any = 1, reference_images: int = 0,
                          loaded: Callable[[str], bool] = lambda cid: True) -> int:
-    """Seconds of GPU to ask ZeroGPU for: per contestant, its per-step cost (at 1024x1024) x steps x images,
-    scaled by megapixels and by the reference-image tokens an edit adds, plus loading time when not loaded.
-
-    Bad inputs (caught later by validation) fall back to the minimum.
-    """
+    """Seconds of GPU to ask ZeroGPU for when every contestant runs ``steps`` x ``images_per_contestant``
+    (:func:`work_seconds`, clamped). Bad inputs (caught later by validation) fall back to the minimum."""
     try:
-        steps, images = int(steps), int(images_per_contestant)
-        megapixels = max(int(width or DEFAULT_SIZE) * int(height or DEFAULT_SIZE) / 1024**2, 0.25)
+        work = [(c, int(steps), int(images_per_contestant)) for c in contestants]
+        seconds = work_seconds(work, int(width or DEFAULT_SIZE), int(height or DEFAULT_SIZE), int(reference_images),
+                               loaded)
     except (TypeError, ValueError):
         return MIN_GPU_SECONDS
-    token_factor = 1 + min(int(reference_images), MAX_REFERENCE_IMAGES)
-    seconds = GPU_OVERHEAD_S
-    for c in contestants:
-        seconds += c.gpu_seconds_per_step * steps * images * megapixels * token_factor
-        seconds += 0 if loaded(c.id) else c.gpu_load_seconds
-    return int(min(MAX_GPU_SECONDS, max(MIN_GPU_SECONDS, math.ceil(seconds * GPU_SAFETY))))
-
-
-def request_gpu_seconds(settings: Settings, manager: ModelManager) -> int:
-    """:func:`estimate_gpu_seconds` for one request (before validation: unknown contestants are skipped)."""
-    if settings.task in ("generate", "edit"):
-        contestants = [manager.active]
-    else:
-        contestants = manager.chosen(settings.contestants)
-    images = settings.count if settings.task in ("generate", "edit", "seed_sweep") else 1
-    if settings.task == "prompt_batch":
-        try:
-            images = len(parse_prompt_file(settings.prompt_file))
-        except StudioInputError:
-            images = 1
-    width, height = (None, None) if settings.follow_source else (settings.width, settings.height)
-    return estimate_gpu_seconds(contestants, settings.steps, width, height, images, len(upload_paths(settings.images)),
-                                loaded=manager.is_loaded)
+    return clamp_gpu_seconds(seconds)
 
 
 def gpu_task(duration: Callable[..., int]) -> Callable[[Callable], Callable]:

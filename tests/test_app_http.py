@@ -180,8 +180,8 @@ def test_mcp_schema_lists_the_tools_with_argument_descriptions(server):
 
 @pytest.mark.parametrize("prompt, changes, message", [
     ("", {}, "prompt is empty"),
-    ("ok", {"steps": 1000}, "greater than maximum"),
-    ("ok", {"num_images": 9}, "greater than maximum"),
+    ("ok", {"steps": 1000}, "Steps must be a whole number from 1 to 100, got 1000"),
+    ("ok", {"num_images": 9}, "Ask for 1 to 4 images, got 9"),
     ("ok", {"width": 72}, "multiple of 16"),
 ])
 def test_bad_requests_get_clear_errors_and_the_server_keeps_serving(client, prompt, changes, message):

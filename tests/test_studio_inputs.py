@@ -14,7 +14,13 @@ from studio.settings import MAX_BATCH_PROMPTS, StudioInputError
     ("p.csv", "a", "must be a .txt or .jsonl"),
     ("p.txt", "\n# only a comment\n", "no prompts"),
     ("p.jsonl", "{not json}\n", "Line 1 .* not valid JSON"),
-    ("p.jsonl", '{"text": "a"}\n', "Line 1: expected"),
+    ("p.jsonl", '{"text": "a"}\n', r"Line 1: unknown keys \['text'\]"),
+    ("p.jsonl", '[1, 2]\n', "Line 1: expected a JSON object"),
+    ("p.jsonl", '{"prompt": ["a", "b"]}\n', "Line 1: the prompt must be text"),
+    ("p.jsonl", '{"prompt": "a"}\n{"prompt": "b", "negative_prompt": 5}\n', "Line 2: negative_prompt must be text"),
+    ("p.jsonl", '{"prompt": "a", "seed": 1.5}\n', "Line 1: seed must be a whole number"),
+    ("p.jsonl", '{"prompt": "a", "seed": true}\n', "Line 1: seed must be a whole number"),
+    ("p.jsonl", "[" * 30_000 + "]" * 30_000 + "\n", "Line 1 of the prompt list is too deeply nested"),
     ("p.txt", "a\n" * (MAX_BATCH_PROMPTS + 1), "the limit is"),
 ])
 def test_prompt_file_errors(tmp_path, name, content, message):
@@ -28,3 +34,47 @@ def test_shipped_examples_exist():
     prompts, edits = load_examples()
     assert prompts and edits and all(Path(p).is_file() for images, _ in edits for p in images)
     assert any(len(images) > 1 for images, _ in edits)  # a multi-image example
+
+
+def _png(path: Path, size: tuple[int, int] = (64, 64), text: str = "") -> Path:
+    from PIL import Image, PngImagePlugin
+
+    info = PngImagePlugin.PngInfo()
+    if text:
+        info.add_text("comment", text, zip=True)
+    Image.new("RGB", size, (200, 30, 30)).save(path, format="PNG", pnginfo=info)
+    return path
+
+
+def test_valid_images_are_accepted_by_content_not_name(tmp_path):
+    """A PNG without an extension, and one with a text chunk over PIL's limit (the chunk is ignored)."""
+    from studio.inputs import load_references, reference_problems
+
+    files = [_png(tmp_path / "no-extension"), _png(tmp_path / "texty.png", text="x" * 3_000_000)]
+    assert reference_problems(files, required=True) is None
+    images = load_references(files)
+    assert [image.size for image in images] == [(64, 64), (64, 64)]
+    assert images[1].getpixel((5, 5)) == (200, 30, 30)
+
+
+def test_oversized_images_and_decompression_bombs_get_the_same_message(tmp_path, monkeypatch):
+    from PIL import Image
+
+    from studio.inputs import reference_problems
+
+    big = _png(tmp_path / "big.png", (4112, 4096))
+    message = reference_problems([big], required=True)
+    assert message == "Image 1 is larger than 4096x4096 pixels; downscale it first."
+    monkeypatch.setattr(Image, "MAX_IMAGE_PIXELS", 1000)  # the same file is now a bomb to PIL
+    assert reference_problems([big], required=True) == message
+
+
+@pytest.mark.parametrize("selected, message", [
+    ("tiny", "Contestants must be a list of contestant ids, got str"),
+    (["tiny", 3], "Contestants must be a list of contestant ids"),
+    (["tiny"], "Select 2 to 4 contestants"),
+])
+def test_contestant_selections_are_lists_of_ids(selected, message):
+    from studio.inputs import contestant_problems
+
+    assert message in contestant_problems(selected, {"tiny": None, "other": None})

@@ -19,7 +19,8 @@ def test_page_inputs_become_one_settings_object():
     edit = Settings.from_inputs("edit", images=["a.png"], instruction="make it blue", negative_prompt=None,
                                 follow_source=True, width=64, height=64, steps=2, guidance=3.5, seed=7,
                                 randomize_seed=True, num_images=3)
-    assert (edit.prompt, edit.seed, edit.count, edit.follow_source) == ("make it blue", None, 3, True)
+    assert (edit.prompt, edit.randomize_seed, edit.count, edit.follow_source) == ("make it blue", True, 3, True)
+    assert edit.problems() == {} and edit.resolved().randomize_seed is False  # a seed is drawn once
     sweep = Settings.from_inputs("seed_sweep", contestants=["a", "b"], prompt="x", num_seeds=5, seed=9,
                                  randomize_seed=False)
     assert (sweep.count, sweep.seed) == (5, 9)

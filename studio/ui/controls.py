@@ -48,11 +48,13 @@ def wire_task(trigger: Callable, endpoints: Endpoints, task: str, components: Co
               api_name: Optional[str]) -> None:
     """trigger -> validator (messages on the fields) -> the task on the shared GPU queue, under ``api_name``
     (None: a second trigger of an endpoint that is already public)."""
+    # preprocess=False: the functions get what the caller sent, unconverted, so the Studio's checks see a string
+    # for a number or "yes" for a checkbox and say so (Gradio's conversions would coerce them or fail with raw text).
     inputs = [components[name] for name in INPUTS[task]]
     checked = trigger(lambda *_: None, inputs, None, validator=endpoints.validator(task), api_visibility="private",
-                      show_progress="hidden", concurrency_limit=None)
+                      show_progress="hidden", concurrency_limit=None, preprocess=False)
     checked.success(endpoints[task], inputs, outputs, api_name=api_name, concurrency_limit=1,
-                    concurrency_id=GPU_QUEUE, api_visibility="public" if api_name else "private")
+                    concurrency_id=GPU_QUEUE, api_visibility="public" if api_name else "private", preprocess=False)
 
 
 def selected_index(evt: gr.SelectData) -> int:

@@ -16,7 +16,7 @@ from deepgen.memory import format_bytes
 from ..records import TaskResult
 from ..settings import INPUTS, Settings
 from ..tasks import Studio
-from ..zerogpu import gpu_task, gradio_progress, gradio_validation, request_gpu_seconds, user_errors
+from ..zerogpu import gpu_task, gradio_progress, gradio_validation, user_errors
 
 GPU_QUEUE = "gpu"  # every model-running event shares one queue, so one request holds the GPU at a time
 
@@ -71,7 +71,7 @@ class Endpoints:
 
     def _duration(self, task: str) -> Callable[..., int]:
         def seconds(*values: Any, **named: Any) -> int:
-            return request_gpu_seconds(settings_of(task, values, named), self.studio.manager)
+            return self.studio.gpu_seconds(settings_of(task, values, named))
 
         return seconds
 

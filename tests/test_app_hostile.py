@@ -1,0 +1,169 @@
+"""A hostile but fair client against ``python app.py --model tiny`` on loopback: bad inputs of every kind through
+``gradio_client`` and raw ``queue/join``, the file-route redirect probe, an oversized body, memory across many new
+sessions, and the clean-up after SIGTERM. Every URL here is 127.0.0.0/8, the server is one this module starts, and
+every request is bounded in count and time."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import socket
+import uuid
+from pathlib import Path
+
+import httpx
+import pytest
+
+from test_app_http import EXAMPLE, GENERATE, AppServer
+
+gradio_client = pytest.importorskip("gradio_client")
+from gradio_client import Client, handle_file  # noqa: E402
+
+psutil = pytest.importorskip("psutil")
+MAX_SESSIONS = 32
+
+
+def start(tmp_path: Path, *args: str) -> AppServer:
+    """The app with its own Gradio temp dir (``server.temp``)."""
+    temp = tmp_path / "gradio-temp"
+    temp.mkdir()
+    os.environ["GRADIO_TEMP_DIR"] = str(temp)  # inherited by the subprocess only for the start below
+    try:
+        server = AppServer(tmp_path / "app.log", *args)
+    finally:
+        del os.environ["GRADIO_TEMP_DIR"]
+    server.temp = temp
+    return server.wait_ready()
+
+
+@pytest.fixture(scope="module")
+def server(tmp_path_factory):
+    app = start(tmp_path_factory.mktemp("hostile"), "--max-sessions", str(MAX_SESSIONS))
+    yield app
+    app.stop()
+
+
+@pytest.fixture(scope="module")
+def client(server):
+    return Client(server.url, verbose=False)
+
+
+def fn_index(server: AppServer, api_name: str) -> int:
+    config = httpx.get(server.url + "config", timeout=10).json()
+    return next(i for i, d in enumerate(config["dependencies"]) if d.get("api_name") == api_name)
+
+
+def join(server: AppServer, index: int, data: list, session: str = "") -> str:
+    """One raw ``queue/join`` and its outcome: the error text, or "ok"."""
+    session = session or uuid.uuid4().hex
+    response = httpx.post(server.url + "gradio_api/queue/join", timeout=30,
+                          json={"data": data, "fn_index": index, "session_hash": session, "event_data": None})
+    body = response.json()
+    if response.status_code != 200 or "event_id" not in body:
+        return json.dumps(body)
+    with httpx.stream("GET", server.url + "gradio_api/queue/data", params={"session_hash": session},
+                      timeout=60) as stream:
+        for line in stream.iter_lines():
+            if not line.startswith("data:"):
+                continue
+            message = json.loads(line[5:])
+            if message.get("msg") == "process_completed":
+                return "ok" if message.get("success") else str(message.get("output", {}).get("error"))
+    return "no answer"
+
+
+# (changes to GENERATE's values, the message the field gets); one line per kind of bad input
+BAD_INPUTS = [
+    ({"width": "64"}, "Width must be a multiple of 16 between 64 and"),
+    ({"steps": None}, "Steps must be a whole number from 1 to 100, got None"),
+    ({"seed": 1.5}, "The seed must be a whole number from 0 to 4294967295, got 1.5"),
+    ({"seed": None}, "The seed must be a whole number"),
+    ({"randomize_seed": "yes"}, "Randomize seed must be true or false, got 'yes'"),
+    ({"guidance": "high"}, "Guidance must be a number from 0 to"),
+    ({"num_images": [2]}, "Ask for 1 to 4 images, got a list"),
+    ({"negative_prompt": 5}, "The negative prompt must be text, got 5"),
+]
+
+
+@pytest.mark.parametrize("changes, message", BAD_INPUTS)
+def test_bad_inputs_get_the_fields_message_through_the_client(client, changes, message):
+    with pytest.raises(Exception) as caught:
+        client.predict("a red circle", *dict(GENERATE, **changes).values(), api_name="/generate")
+    assert message in str(caught.value) and "Traceback" not in str(caught.value)
+
+
+@pytest.mark.parametrize("changes, message", BAD_INPUTS[:3] + [({"prompt": ["a", "b"]}, "The prompt must be text")])
+def test_bad_inputs_get_the_same_message_through_raw_queue_join(server, changes, message):
+    values = {"prompt": "a red circle", **GENERATE, **changes}
+    data = [values.pop("prompt"), *values.values()]
+    outcome = join(server, fn_index(server, "generate"), data)
+    assert message in outcome and "Original error" not in outcome
+
+
+def test_a_png_without_extension_is_edited(client, tmp_path):
+    plain = tmp_path / "no-extension"
+    plain.write_bytes(EXAMPLE.read_bytes())
+    slider, *_ = client.predict([handle_file(str(plain))], "make it blue", "", True, 64, 64, 1, 4.0, 0, False, 1,
+                                api_name="/edit")
+    assert slider[1]
+
+
+def test_the_file_route_does_not_redirect_to_other_sites(server):
+    """Gradio < 6.20 answered ``/gradio_api/file=<absolute URL>`` with a 302 to that URL (an open redirect)."""
+    target = "http://127.0.0.2:9/x.png"
+    response = httpx.get(server.url + "gradio_api/file=" + target, follow_redirects=False, timeout=10)
+    assert not response.is_redirect and target not in response.headers.get("location", "")
+    assert response.status_code in (403, 404)
+
+
+def test_an_oversized_body_is_refused_before_it_is_read(server):
+    """Only the headers are sent: the answer comes without the server waiting for (or storing) 50 MB."""
+    with socket.create_connection(("127.0.0.1", server.port), timeout=10) as sock:
+        sock.sendall(b"POST /gradio_api/queue/join HTTP/1.1\r\nHost: 127.0.0.1\r\n"
+                     b"Content-Type: application/json\r\nContent-Length: 50000000\r\n\r\n{\"data\": [")
+        answer = sock.recv(4096).decode()
+    assert answer.startswith("HTTP/1.1 413") and "larger than 21 MiB" in answer
+
+
+def rss(server: AppServer) -> int:
+    return psutil.Process(server.process.pid).memory_info().rss
+
+
+def refused_from_new_sessions(server: AppServer, count: int) -> None:
+    index = fn_index(server, "generate")
+    for _ in range(count):
+        assert "prompt is empty" in join(server, index, ["", *GENERATE.values()])
+
+
+def test_memory_stays_flat_across_many_new_sessions(server):
+    refused_from_new_sessions(server, 2 * MAX_SESSIONS)  # warm-up: the session store is full from here on
+    before = rss(server)
+    refused_from_new_sessions(server, 200)
+    grown = (rss(server) - before) / 2**20
+    print(f"RSS after 200 more refused requests from new sessions: {grown:+.1f} MiB")
+    assert grown < 8
+
+
+@pytest.mark.slow
+def test_memory_stays_flat_across_1000_new_sessions(server):
+    refused_from_new_sessions(server, 2 * MAX_SESSIONS)
+    before = rss(server)
+    refused_from_new_sessions(server, 1000)
+    grown = (rss(server) - before) / 2**20
+    print(f"RSS after 1,000 more refused requests from new sessions: {grown:+.1f} MiB")
+    assert grown < 8
+
+
+def test_sigterm_leaves_the_temp_dir_empty(tmp_path):
+    app = start(tmp_path)
+    try:
+        client = Client(app.url, verbose=False)
+        client.predict([handle_file(str(EXAMPLE))], "make it blue", "", True, 64, 64, 1, 4.0, 0, False, 1,
+                       api_name="/edit")
+        assert any(app.temp.rglob("*"))
+    finally:
+        app.process.send_signal(signal.SIGTERM)
+        assert app.process.wait(timeout=60) == 0
+        app.stop()
+    assert sorted(app.temp.rglob("*")) == []
