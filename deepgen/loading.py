@@ -286,7 +286,10 @@ class LoadedPipeline:
 
 
 def describe_vlm_source(vlm: Union[str, Path]) -> str:
-    return VLM_BASE if str(vlm) == OFFICIAL_VLM else f"VLM from {vlm}"
+    """In words, without a local path (the app shows this): a local folder by its name, a hub id as it is."""
+    if str(vlm) == OFFICIAL_VLM:
+        return VLM_BASE
+    return f"VLM from {Path(vlm).name if Path(vlm).exists() else vlm}"
 
 
 # --- native checkpoints ---------------------------------------------------------------------------------------
@@ -401,16 +404,16 @@ def _load_folder_vlm(root: Path, release: bool, vlm_model_path: Optional[Union[s
         path, provenance.vlm = root / "vlm", VLM_RELEASE_MERGED if release else "saved VLM"
     elif vlm_model_path is None:
         path, provenance.vlm = OFFICIAL_VLM, VLM_BASE
-        note = (f"{root} has no vlm/ (the release's first upload): the trained VLM weights (its LoRA, merged into "
-                f"vlm/ in the next upload) are absent and the base {OFFICIAL_VLM} is used. Download the release "
-                "again to get vlm/, or pass vlm_model_path=... to choose the VLM.")
-        logger.warning(note)
+        note = (f"The release has no vlm/ (its first upload): the trained VLM weights (its LoRA, merged into vlm/ "
+                f"in the next upload) are absent and the base {OFFICIAL_VLM} is used. Download the release again "
+                "to get vlm/, or pass vlm_model_path=... to choose the VLM.")
+        logger.warning("%s (%s)", note, root)
         provenance.notes.append(note)
     else:
         path, provenance.vlm = vlm_model_path, describe_vlm_source(vlm_model_path)
         if (root / "vlm").is_dir():
-            note = f"vlm_model_path={vlm_model_path} replaces the folder's own VLM ({root / 'vlm'})."
-            logger.warning(note)
+            note = f"vlm_model_path replaces the folder's own vlm/ ({describe_vlm_source(vlm_model_path)})."
+            logger.warning("%s (%s)", note, root / "vlm")
             provenance.notes.append(note)
     vlm = Qwen2_5_VLForConditionalGeneration.from_pretrained(path, dtype=torch_dtype, attn_implementation="sdpa")
     if path == root / "vlm" and (root / "vlm_lora").is_dir():
