@@ -399,8 +399,10 @@ class DeepGenPipeline(DiffusionPipeline):
         with self.progress_bar(total=len(timesteps)) as progress:
             for i, t in enumerate(timesteps):
                 latent_input = torch.cat([latents, latents]) if do_cfg else latents
-                velocity = model(latent_input, t.expand(latent_input.shape[0]), context, pooled_context,
-                                 ref_latents).float()
+                # Step-cache hooks (deepgen.acceleration) key their state by this name; CFG's halves are one call.
+                with self.transformer.cache_context("cfg" if do_cfg else "cond"):
+                    velocity = model(latent_input, t.expand(latent_input.shape[0]), context, pooled_context,
+                                     ref_latents).float()
                 if do_cfg:
                     v_uncond, v_cond = velocity.chunk(2)
                     velocity = v_uncond + guidance_scale * (v_cond - v_uncond)

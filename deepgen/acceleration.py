@@ -1,0 +1,277 @@
+"""Speed and memory options for :class:`~deepgen.pipeline.DeepGenPipeline`, each a thin call into the library
+that already does it: regional ``torch.compile`` (diffusers' ``compile_repeated_blocks``), First Block Cache
+(diffusers' cache hooks), torchao quantisation, and diffusers' model / group offloading.
+
+One small function per option; :class:`AccelerationOptions` gathers them, applies them in a safe order
+(:func:`accelerate`) and records itself (``to_record``) in the CLI's and the app's record JSON, so an output always
+says how it was made. What changes results: ``cache_threshold`` (skips DiT blocks on steps whose first block
+barely changed) and ``quantize``; compile and offloading only reorder floating-point work.
+
+Fused QKV projections are not offered: diffusers 0.42.1's ``FusedJointAttnProcessor2_0`` skips the RMS q/k norms
+of SD3.5 (and so of DeepGen's DiT), which changes outputs (max latent difference 0.06 on the tiny preset).
+
+    opts = AccelerationOptions.fast()             # compile + First Block Cache
+    accelerate(pipe, opts)                        # before the first call; once per pipeline
+"""
+
+from __future__ import annotations
+
+import logging
+from contextlib import contextmanager
+from dataclasses import asdict, dataclass, fields
+from typing import Any, Callable, Iterator, Optional
+
+import torch
+from torch import nn
+
+logger = logging.getLogger(__name__)
+
+QUANTIZATION_SCHEMES = ("fp8", "int8-weight-only")
+OFFLOAD_MODES = ("model", "group")
+COMPONENTS = ("transformer", "vlm")
+# First Block Cache threshold of --fast. Chosen on DeepGen-nano (docs/acceleration.md); None = not yet chosen.
+DEFAULT_CACHE_THRESHOLD = 0.1
+
+
+@dataclass
+class AccelerationOptions:
+    """Which speed options to apply to a pipeline (all off by default: plain eager).
+
+    Attributes:
+        compile: ``torch.compile`` the DiT's repeated ``JointTransformerBlock`` (regional compilation: the block
+            is compiled once and reused by all 24 layers, so start-up takes seconds, not minutes).
+        compile_mode: ``torch.compile`` mode; ``"reduce-overhead"`` adds CUDA graphs (static shapes per size),
+            ``"max-autotune-no-cudagraphs"`` tunes the matmuls. None = the default mode.
+        dynamic: compile with dynamic shapes, so new prompt lengths and sizes do not recompile (the condition
+            length varies with the prompt; padding it would change results, since the released model attends to
+            pads).
+        cache_threshold: First Block Cache threshold (diffusers ``FirstBlockCacheConfig``); None = no caching.
+            Steps whose first-block residual moved by less than this (relative mean abs) reuse the cached
+            residual of the remaining blocks. Changes results.
+        quantize: ``"fp8"`` (dynamic fp8 activations and weights, per row; CUDA compute capability >= 8.9) or
+            ``"int8-weight-only"`` (any device); None = keep the dtype. Needs ``torchao``. Changes results.
+        quantize_components: which parts to quantize: ``"transformer"`` (the DiT blocks' linears) and/or
+            ``"vlm"`` (the Qwen2.5-VL language model's linears; the vision tower and ``lm_head`` stay).
+        offload: ``"model"`` (accelerate's whole-model CPU offload: one component on the GPU at a time) or
+            ``"group"`` (diffusers' leaf-level group offloading with CUDA streams: lowest memory); None = all on
+            the device.
+    """
+
+    compile: bool = False
+    compile_mode: Optional[str] = None
+    dynamic: bool = True
+    cache_threshold: Optional[float] = None
+    quantize: Optional[str] = None
+    quantize_components: tuple[str, ...] = COMPONENTS
+    offload: Optional[str] = None
+
+    def __post_init__(self) -> None:
+        if self.quantize is not None and self.quantize not in QUANTIZATION_SCHEMES:
+            raise ValueError(f"`quantize` must be one of {QUANTIZATION_SCHEMES} or None, got {self.quantize!r}.")
+        unknown = set(self.quantize_components) - set(COMPONENTS)
+        if unknown:
+            raise ValueError(f"`quantize_components` may hold {COMPONENTS}, got {sorted(unknown)}.")
+        if self.offload is not None and self.offload not in OFFLOAD_MODES:
+            raise ValueError(f"`offload` must be one of {OFFLOAD_MODES} or None, got {self.offload!r}.")
+        if self.cache_threshold is not None and not (isinstance(self.cache_threshold, (int, float))
+                                                     and 0 < self.cache_threshold < 1):
+            raise ValueError(f"`cache_threshold` must be a number in (0, 1) (relative change of the first block's "
+                             f"residual; 0.05-0.3 is usual), got {self.cache_threshold!r}.")
+        if self.compile and self.offload == "group":
+            raise ValueError("`compile` and `offload='group'` do not combine (group offloading moves weights inside "
+                             "the compiled blocks); pick one.")
+        self.quantize_components = tuple(self.quantize_components)
+
+    @classmethod
+    def fast(cls, **overrides: Any) -> "AccelerationOptions":
+        """``--fast``: regional compile + First Block Cache at :data:`DEFAULT_CACHE_THRESHOLD`."""
+        return cls(**{"compile": True, "cache_threshold": DEFAULT_CACHE_THRESHOLD, **overrides})
+
+    @property
+    def changes_results(self) -> bool:
+        """True when outputs differ beyond floating-point reordering from eager (caching or quantisation)."""
+        return self.cache_threshold is not None or self.quantize is not None
+
+    @property
+    def enabled(self) -> bool:
+        return self != AccelerationOptions()
+
+    def to_record(self) -> dict[str, Any]:
+        """A JSON-ready dict of every option (for record JSONs and PNG metadata)."""
+        record = asdict(self)
+        record["quantize_components"] = list(self.quantize_components)
+        return record
+
+    @classmethod
+    def from_record(cls, record: dict[str, Any]) -> "AccelerationOptions":
+        names = {f.name for f in fields(cls)}
+        unknown = set(record) - names
+        if unknown:
+            raise ValueError(f"Unknown acceleration options {sorted(unknown)}; known: {sorted(names)}.")
+        return cls(**record)
+
+
+# --- one function per option ---------------------------------------------------------------------------------
+
+
+def compile_transformer(pipe: Any, mode: Optional[str] = None, dynamic: bool = True) -> None:
+    """Regional ``torch.compile``: compile the DiT's repeated block class in place (diffusers'
+    ``compile_repeated_blocks``, driven by ``KontextSD3Transformer2DModel._repeated_blocks``)."""
+    pipe.transformer.compile_repeated_blocks(mode=mode, dynamic=dynamic)
+
+
+class _CachedSpan(nn.Module):
+    """The DiT blocks First Block Cache may skip: all but the last.
+
+    SD3's last block is ``context_pre_only`` and returns no context stream, which diffusers' FBC tail hook cannot
+    take a residual of (it computes ``None - tensor``); the last block is therefore left out of the cached span
+    and always runs (1/24 of the DiT at full size). The hooks live on the blocks themselves, so this holder is
+    only needed while they are attached.
+    """
+
+    def __init__(self, blocks: list[nn.Module]):
+        super().__init__()
+        self.transformer_blocks = nn.ModuleList(blocks)
+
+
+def enable_step_cache(pipe: Any, threshold: float) -> None:
+    """First Block Cache (diffusers ``FirstBlockCacheConfig``) on the DiT, at ``threshold``.
+
+    The pipeline runs each DiT call inside ``transformer.cache_context(...)``; CFG's two halves share one batched
+    call and so one cache decision.
+    """
+    from diffusers.hooks import FirstBlockCacheConfig, HookRegistry, apply_first_block_cache
+
+    transformer = pipe.transformer
+    blocks = list(transformer.transformer_blocks)
+    if len(blocks) < 3:
+        raise ValueError(f"First Block Cache needs a DiT of at least 3 layers (first block, cached blocks, last "
+                         f"block), this one has {len(blocks)}.")
+    if transformer.is_cache_enabled:
+        raise ValueError("Step caching is already enabled on this pipeline's DiT; call "
+                         "`pipe.transformer.disable_cache()` first to change it.")
+    config = FirstBlockCacheConfig(threshold=threshold)
+    apply_first_block_cache(_CachedSpan(blocks[:-1]), config)
+    # Record it as diffusers' enable_cache would, so disable_cache() and the pipeline's state reset find it.
+    HookRegistry.check_if_exists_or_initialize(transformer).invalidate_child_registries_cache()
+    transformer._cache_config = config
+
+
+def _linear_filter(skip: tuple[str, ...]) -> Callable[[nn.Module, str], bool]:
+    return lambda module, name: isinstance(module, nn.Linear) and not any(part in name for part in skip)
+
+
+def quantize(pipe: Any, scheme: str, components: tuple[str, ...] = COMPONENTS) -> None:
+    """torchao quantisation of the DiT's transformer blocks and/or the VLM's language model, in place.
+
+    Only the large repeated linears are quantised: the DiT's embedders, ``norm_out``/``proj_out`` and the VLM's
+    vision tower, embeddings and ``lm_head`` stay in their dtype (small, and the most precision-sensitive).
+    """
+    try:
+        from torchao.quantization import (Float8DynamicActivationFloat8WeightConfig, Int8WeightOnlyConfig, PerRow,
+                                          quantize_)
+    except ImportError as error:
+        raise ImportError("Quantisation needs torchao: `pip install torchao==0.18.0` (or a version matching your "
+                          "torch), or run without `quantize`.") from error
+    if scheme == "fp8":
+        device = pipe.transformer.device
+        if device.type != "cuda" or torch.cuda.get_device_capability(device) < (8, 9):
+            where = device.type if device.type != "cuda" else torch.cuda.get_device_name(device)
+            raise ValueError(f"fp8 quantisation needs a CUDA GPU of compute capability 8.9 or newer (Ada, Hopper, "
+                             f"Blackwell); this pipeline is on {where}. Use quantize='int8-weight-only' instead.")
+        config = Float8DynamicActivationFloat8WeightConfig(granularity=PerRow())
+    elif scheme == "int8-weight-only":
+        config = Int8WeightOnlyConfig()
+    else:
+        raise ValueError(f"Unknown quantisation scheme {scheme!r}; use one of {QUANTIZATION_SCHEMES}.")
+    if "transformer" in components:
+        for block in pipe.transformer.transformer_blocks:
+            quantize_(block, config, filter_fn=_linear_filter(()))
+    if "vlm" in components:
+        language_model = pipe.vlm.model.language_model
+        quantize_(language_model, config, filter_fn=_linear_filter(("embed_tokens",)))
+
+
+def enable_offload(pipe: Any, mode: str, device: Optional[torch.device] = None) -> None:
+    """Keep weights on the CPU and move them to ``device`` (default: CUDA) when used.
+
+    ``"model"``: accelerate moves one whole component at a time (``enable_model_cpu_offload``).
+    ``"group"``: diffusers moves each leaf module just in time, overlapping copies on a CUDA stream
+    (``enable_group_offload(offload_type="leaf_level", use_stream=True)``): the least memory, the slowest.
+    """
+    device = torch.device(device) if device is not None else torch.device("cuda")
+    if device.type == "cpu":
+        raise ValueError("Offloading moves weights between the CPU and an accelerator; this pipeline runs on the "
+                         "CPU already. Pass an accelerator device or run without `offload`.")
+    if mode == "model":
+        pipe.enable_model_cpu_offload(device=device)
+    elif mode == "group":
+        pipe.enable_group_offload(onload_device=device, offload_device=torch.device("cpu"),
+                                  offload_type="leaf_level", use_stream=device.type == "cuda")
+    else:
+        raise ValueError(f"Unknown offload mode {mode!r}; use one of {OFFLOAD_MODES}.")
+
+
+def accelerate(pipe: Any, options: AccelerationOptions, device: Optional[torch.device] = None) -> dict[str, Any]:
+    """Apply ``options`` to ``pipe`` in place and return ``options.to_record()``.
+
+    Order matters: quantise the weights first, then set up offloading, attach the cache hooks, and compile last
+    (it traces what the hooks left).
+    """
+    if options.quantize is not None:
+        quantize(pipe, options.quantize, options.quantize_components)
+    if options.offload is not None:
+        enable_offload(pipe, options.offload, device)
+    if options.cache_threshold is not None:
+        enable_step_cache(pipe, options.cache_threshold)
+    if options.compile:
+        compile_transformer(pipe, options.compile_mode, options.dynamic)
+    return options.to_record()
+
+
+# --- measuring what the options do ---------------------------------------------------------------------------
+
+
+@dataclass
+class CacheStats:
+    """DiT calls of a run and how many of them ran the cached span of blocks (the rest reused the cache)."""
+
+    calls: int = 0
+    computed: int = 0
+
+    @property
+    def skipped(self) -> int:
+        return self.calls - self.computed
+
+
+@contextmanager
+def count_cached_steps(pipe: Any) -> Iterator[CacheStats]:
+    """Count DiT calls and full computations inside the block (forward hooks; no sync, no change to outputs).
+
+    A call counts as computed when the second-to-last block's attention ran: First Block Cache returns before
+    it on a skipped step.
+    """
+    stats = CacheStats()
+    transformer = pipe.transformer
+    probe = transformer.transformer_blocks[-2].attn
+
+    def on_call(*_: Any) -> None:
+        stats.calls += 1
+
+    def on_compute(*_: Any) -> None:
+        stats.computed += 1
+
+    handles = [transformer.register_forward_pre_hook(on_call), probe.register_forward_pre_hook(on_compute)]
+    try:
+        yield stats
+    finally:
+        for handle in handles:
+            handle.remove()
+
+
+def compile_counters() -> dict[str, int]:
+    """Dynamo's counts since the process started (or :func:`torch._dynamo.reset`): graphs compiled and
+    recompilations (a recompile is a guard failure on a new shape or value)."""
+    from torch._dynamo.utils import counters
+
+    return {"graphs": int(counters["stats"]["unique_graphs"]), "recompiles": int(sum(counters["recompiles"].values()))}
