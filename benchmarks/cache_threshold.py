@@ -5,7 +5,7 @@ sampler), so the difference is paired per sample; it is reported with a 95% boot
 (:func:`deepgen.shapeeval.compare`) together with the fraction of DiT calls the cache skipped. The rule of issue 21:
 the default is the threshold that skips the most while ShapeEval drops by at most 0.01.
 
-    python benchmarks/cache_threshold.py --per-capability 20 --thresholds 0.05 0.1 0.2 0.3 \
+    python benchmarks/cache_threshold.py --per-capability 40 --thresholds 0.1 0.15 0.2 0.25 \
         --out benchmarks/results/cache-threshold-nano.json
 """
 
@@ -36,13 +36,16 @@ def main() -> None:
     parser.add_argument("--steps", type=int, default=12)
     parser.add_argument("--guidance-scale", type=float, default=3.0)
     parser.add_argument("--eval-seed", type=int, default=0, help="held-out draw")
+    parser.add_argument("--batch-size", type=int, default=1,
+                        help="images per pipeline call (default 1, as the app and CLI call it: the cache decides "
+                             "once per call, on the mean over its rows)")
     parser.add_argument("--threads", type=int, default=None)
     parser.add_argument("--out", type=Path, required=True)
     args = parser.parse_args()
     if args.threads:
         torch.set_num_threads(args.threads)
     settings = dict(per_capability=args.per_capability, steps=args.steps, guidance_scale=args.guidance_scale,
-                    eval_seed=args.eval_seed, capabilities=tuple(args.capabilities))
+                    eval_seed=args.eval_seed, capabilities=tuple(args.capabilities), batch_size=args.batch_size)
     record = {"model": args.model, "settings": {k: str(v) for k, v in vars(args).items()}, "runs": []}
 
     def run(threshold: float | None) -> dict:

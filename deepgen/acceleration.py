@@ -275,3 +275,58 @@ def compile_counters() -> dict[str, int]:
     from torch._dynamo.utils import counters
 
     return {"graphs": int(counters["stats"]["unique_graphs"]), "recompiles": int(sum(counters["recompiles"].values()))}
+
+
+# --- ZeroGPU ahead-of-time compilation --------------------------------------------------------------------------
+
+
+def _block_kinds(transformer: nn.Module) -> dict[tuple[bool, bool], list[nn.Module]]:
+    """The DiT's blocks grouped by structure (dual attention?, context pre-only?): blocks of one kind share one
+    graph (the same parameter names and shapes), so each kind is exported and compiled once."""
+    kinds: dict[tuple[bool, bool], list[nn.Module]] = {}
+    for block in transformer.transformer_blocks:
+        kinds.setdefault((bool(block.use_dual_attention), bool(block.context_pre_only)), []).append(block)
+    return kinds
+
+
+def compile_ahead_of_time(pipe: Any, capture: Callable[[], Any], inductor_configs: Optional[dict] = None) -> bool:
+    """ZeroGPU ahead-of-time compilation of the DiT's blocks, the way the ``spaces`` package documents it.
+
+    Regional: for each kind of block (:func:`_block_kinds`; three at full size), ``spaces.aoti_capture`` records
+    the inputs of one block while ``capture()`` runs the pipeline once, ``torch.export`` exports that block with
+    the batch, image-token and text-token dimensions dynamic (so text-to-image, edits and every prompt length and
+    size use the same graphs), ``spaces.aoti_compile`` compiles it, and ``spaces.aoti_apply`` installs it on every
+    block of that kind. Call once at Space start-up, inside a ``@spaces.GPU`` function, before any cache hooks.
+
+    Returns:
+        True when every kind was compiled and applied; False (with a logged warning, the pipeline left in eager)
+        when ``spaces`` is missing or any step fails.
+    """
+    try:
+        import spaces
+        from torch.utils._pytree import tree_map
+    except ImportError:
+        logger.warning("Ahead-of-time compilation needs the `spaces` package (ZeroGPU); running eager.")
+        return False
+    batch = torch.export.Dim("batch", min=1, max=256)
+    image_tokens = torch.export.Dim("image_tokens", min=2, max=65536)
+    text_tokens = torch.export.Dim("text_tokens", min=2, max=8192)
+    compiled = []
+    try:
+        for blocks in _block_kinds(pipe.transformer).values():
+            with spaces.aoti_capture(blocks[0]) as call:
+                capture()
+            dynamic_shapes = tree_map(lambda _: None, call.kwargs)
+            dynamic_shapes.update(hidden_states={0: batch, 1: image_tokens},
+                                  encoder_hidden_states={0: batch, 1: text_tokens}, temb={0: batch})
+            exported = torch.export.export(blocks[0], args=call.args, kwargs=call.kwargs,
+                                           dynamic_shapes=dynamic_shapes)
+            compiled.append((blocks, spaces.aoti_compile(exported, inductor_configs)))
+    except Exception as error:  # any export/compile failure: the Space must still start, in eager
+        logger.warning("Ahead-of-time compilation of the DiT failed (%s: %s); running eager.",
+                       type(error).__name__, error)
+        return False
+    for blocks, program in compiled:
+        for block in blocks:
+            spaces.aoti_apply(program, block)
+    return True
