@@ -89,7 +89,7 @@ def dit_flops(transformer_config: dict, image_tokens: int, target_tokens: int, t
     flops = rows * (2 * (linear + embed) + 2 * attention)
     formula = (f"FLOP/step = rows x [2 x ((12L + 4L_dual) D^2 N_img + (12(L-1) + 3) D^2 N_txt + embeddings) "
                f"+ 4 D (L N^2 + L_dual N_img^2)], D={d}, L={layers}, L_dual={dual}, N_img={n_img}, N_txt={n_txt}, "
-               f"N={n}, rows={rows} -> {flops / 1e12:.3f} TFLOP")
+               f"N={n}, rows={rows} -> {flops / 1e12:.4g} TFLOP")
     return float(flops), formula
 
 
@@ -102,6 +102,14 @@ class Case:
     @property
     def name(self) -> str:
         return f"{self.task} {self.size}x{self.size} batch {self.batch}"
+
+
+def parse_case(text: str) -> Case:
+    """``"t2i:512"`` or ``"edit:1024:4"`` -> a :class:`Case`."""
+    parts = text.split(":")
+    if len(parts) not in (2, 3) or parts[0] not in ("t2i", "edit") or not all(p.isdigit() for p in parts[1:]):
+        raise ValueError(f"A case is TASK:SIZE[:BATCH] with TASK t2i or edit, e.g. t2i:512 or edit:512:2; got {text!r}.")
+    return Case(parts[0], int(parts[1]), int(parts[2]) if len(parts) == 3 else 1)
 
 
 class StageClock:
@@ -223,6 +231,8 @@ def run_mode(preset: str, mode: str, options: AccelerationOptions, cases: list[C
         })
         setup = 0.0
     del pipe
+    if options.compile:
+        torch._dynamo.reset()  # drop the compiled graphs, which hold on to this pipeline's weights
     gc.collect()
     if device.type == "cuda":
         torch.cuda.empty_cache()
@@ -276,7 +286,7 @@ def report(records: list[dict], header: str, peak: Optional[float]) -> str:
             lines.append(
                 f"| {r['mode']} | {r['total_median_s']:.3f} | {r['total_min_s']:.3f} | {speed} | "
                 f"{1000 * stages['condition']:.1f} | {1000 * stages['denoise']:.1f} | {1000 * stages['decode']:.1f} | "
-                f"{r['dit_step_ms']:.2f} | {r['dit_tflops']:.2f} | {fraction} | {format_bytes(r['peak_bytes'])} | "
+                f"{r['dit_step_ms']:.2f} | {r['dit_tflops']:.3g} | {fraction} | {format_bytes(r['peak_bytes'])} | "
                 f"{r['dit_calls_skipped']}/{r['dit_calls']} | {diff} | {r['graphs_compiled']} / {r['recompiles']} | "
                 f"{r['setup_s']:.1f} + {r['warmup_s']:.1f} |")
         lines += ["", f"DiT FLOPs: {rows[0]['flop_formula']}", ""]
@@ -292,6 +302,9 @@ def main(argv: Optional[list[str]] = None) -> int:
     parser.add_argument("--task", nargs="+", choices=("t2i", "edit"), default=["t2i"])
     parser.add_argument("--size", type=int, nargs="+", default=[64])
     parser.add_argument("--batch", type=int, nargs="+", default=[1])
+    parser.add_argument("--case", nargs="+", default=None, metavar="TASK:SIZE[:BATCH]",
+                        help="explicit cases (e.g. t2i:512 edit:512 t2i:1024 t2i:512:4) instead of the product of "
+                             "--task, --size and --batch")
     parser.add_argument("--steps", type=int, default=4)
     parser.add_argument("--warmup", type=int, default=1)
     parser.add_argument("--repeats", type=int, default=5)
@@ -310,7 +323,8 @@ def main(argv: Optional[list[str]] = None) -> int:
     threshold = args.cache_threshold if args.cache_threshold is not None else DEFAULT_CACHE_THRESHOLD
     modes = ["eager"] + [m for m in args.modes if m != "eager"]
     options = {mode: mode_options(mode, threshold) for mode in modes}  # validates names before any work
-    cases = [Case(task, size, batch) for task in args.task for size in args.size for batch in args.batch]
+    cases = [parse_case(text) for text in args.case] if args.case else \
+        [Case(task, size, batch) for task in args.task for size in args.size for batch in args.batch]
     get_preset(args.preset)
     records: list[dict] = []
     for mode in modes:

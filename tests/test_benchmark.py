@@ -83,6 +83,6 @@ def test_gpu_suite_dry_profile_writes_every_part(tmp_path):
                             capture_output=True, text=True, timeout=1800)
     assert result.returncode == 0, result.stderr[-3000:]
     names = sorted(path.name for path in tmp_path.iterdir())
-    for part in ("main", "large", "batch", "quant", "offload"):
+    for part in ("main", "quant", "offload"):
         assert f"cpu-{part}.txt" in names and f"cpu-{part}.json" in names
     assert "| cache |" in (tmp_path / "cpu-main.txt").read_text()
