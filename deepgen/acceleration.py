@@ -161,11 +161,13 @@ def _linear_filter(skip: tuple[str, ...]) -> Callable[[nn.Module, str], bool]:
     return lambda module, name: isinstance(module, nn.Linear) and not any(part in name for part in skip)
 
 
-def quantize(pipe: Any, scheme: str, components: tuple[str, ...] = COMPONENTS) -> None:
+def quantize(pipe: Any, scheme: str, components: tuple[str, ...] = COMPONENTS,
+             device: Optional[torch.device] = None) -> None:
     """torchao quantisation of the DiT's transformer blocks and/or the VLM's language model, in place.
 
     Only the large repeated linears are quantised: the DiT's embedders, ``norm_out``/``proj_out`` and the VLM's
     vision tower, embeddings and ``lm_head`` stay in their dtype (small, and the most precision-sensitive).
+    ``device`` is where the model will run (default: where the DiT is; with offloading, the accelerator).
     """
     try:
         from torchao.quantization import (Float8DynamicActivationFloat8WeightConfig, Int8WeightOnlyConfig, PerRow,
@@ -174,7 +176,7 @@ def quantize(pipe: Any, scheme: str, components: tuple[str, ...] = COMPONENTS) -
         raise ImportError("Quantisation needs torchao: `pip install torchao==0.18.0` (or a version matching your "
                           "torch), or run without `quantize`.") from error
     if scheme == "fp8":
-        device = pipe.transformer.device
+        device = torch.device(device) if device is not None else pipe.transformer.device
         if device.type != "cuda" or torch.cuda.get_device_capability(device) < (8, 9):
             where = device.type if device.type != "cuda" else torch.cuda.get_device_name(device)
             raise ValueError(f"fp8 quantisation needs a CUDA GPU of compute capability 8.9 or newer (Ada, Hopper, "
@@ -219,7 +221,8 @@ def accelerate(pipe: Any, options: AccelerationOptions, device: Optional[torch.d
     (it traces what the hooks left).
     """
     if options.quantize is not None:
-        quantize(pipe, options.quantize, options.quantize_components)
+        quantize(pipe, options.quantize, options.quantize_components,
+                 device=(device or "cuda") if options.offload is not None else None)
     if options.offload is not None:
         enable_offload(pipe, options.offload, device)
     if options.cache_threshold is not None:
