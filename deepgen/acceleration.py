@@ -29,6 +29,7 @@ logger = logging.getLogger(__name__)
 QUANTIZATION_SCHEMES = ("fp8", "int8-weight-only")
 OFFLOAD_MODES = ("model", "group")
 COMPONENTS = ("transformer", "vlm")
+COMPILE_MODES = (None, "default", "reduce-overhead", "max-autotune", "max-autotune-no-cudagraphs")
 # First Block Cache threshold of --fast. Chosen on DeepGen-nano (docs/acceleration.md); None = not yet chosen.
 DEFAULT_CACHE_THRESHOLD = 0.1
 
@@ -77,9 +78,8 @@ class AccelerationOptions:
                                                      and 0 < self.cache_threshold < 1):
             raise ValueError(f"`cache_threshold` must be a number in (0, 1) (relative change of the first block's "
                              f"residual; 0.05-0.3 is usual), got {self.cache_threshold!r}.")
-        if self.compile and self.offload == "group":
-            raise ValueError("`compile` and `offload='group'` do not combine (group offloading moves weights inside "
-                             "the compiled blocks); pick one.")
+        if self.compile_mode not in COMPILE_MODES:
+            raise ValueError(f"`compile_mode` must be one of {COMPILE_MODES}, got {self.compile_mode!r}.")
         self.quantize_components = tuple(self.quantize_components)
 
     @classmethod

@@ -396,6 +396,7 @@ class DeepGenPipeline(DiffusionPipeline):
 
         # 5. Denoise with Euler flow matching and CFG.
         model = self.model
+        self.transformer._reset_stateful_cache()  # a cancelled earlier call may have left step-cache state behind
         with self.progress_bar(total=len(timesteps)) as progress:
             for i, t in enumerate(timesteps):
                 latent_input = torch.cat([latents, latents]) if do_cfg else latents

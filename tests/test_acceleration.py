@@ -49,7 +49,7 @@ def eager() -> torch.Tensor:
     ({"cache_threshold": 0.0}, "`cache_threshold` must be a number in (0, 1)"),
     ({"cache_threshold": 1.5}, "`cache_threshold` must be a number in (0, 1)"),
     ({"quantize_components": ("vae",)}, "`quantize_components` may hold"),
-    ({"compile": True, "offload": "group"}, "do not combine"),
+    ({"compile": True, "compile_mode": "turbo"}, "`compile_mode` must be one of"),
 ])
 def test_bad_options_are_refused(kwargs, message):
     with pytest.raises(ValueError, match=message.replace("(", r"\(").replace(")", r"\)")):
@@ -95,6 +95,20 @@ def test_cache_skips_steps_and_moves_the_output_a_little(eager):
     latents(pipe, size=96, steps=2)
     pipe.transformer.disable_cache()
     assert torch.equal(latents(pipe), eager)
+
+
+def test_cache_state_of_a_cancelled_call_does_not_leak(eager):
+    pipe = make_pipe()
+    enable_step_cache(pipe, 0.01)
+
+    def cancel(_pipe, step, _t, tensors):
+        if step == 2:
+            raise KeyboardInterrupt("the user pressed stop")
+        return tensors
+
+    with pytest.raises(KeyboardInterrupt):
+        pipe("a red fox in the snow", height=96, width=96, num_inference_steps=8, callback_on_step_end=cancel)
+    assert torch.equal(latents(pipe), eager)  # another size, then the same result as a fresh pipeline
 
 
 def test_cache_works_for_edits():
