@@ -15,7 +15,7 @@ import torch
 from PIL import Image
 
 from deepgen import DeepGenPipeline
-from deepgen.acceleration import (AccelerationOptions, accelerate, compile_ahead_of_time, compile_counters,
+from deepgen.acceleration import (DEFAULT_CACHE_THRESHOLD, AccelerationOptions, accelerate, compile_ahead_of_time, compile_counters,
                                   count_cached_steps, enable_offload, enable_step_cache, quantize)
 from deepgen.config import get_preset
 
@@ -59,7 +59,7 @@ def test_bad_options_are_refused(kwargs, message):
 def test_options_record_round_trip():
     options = AccelerationOptions.fast(quantize="int8-weight-only")
     record = options.to_record()
-    assert record["compile"] and record["cache_threshold"] == 0.1 and record["quantize"] == "int8-weight-only"
+    assert record["compile"] and record["cache_threshold"] == DEFAULT_CACHE_THRESHOLD and record["quantize"] == "int8-weight-only"
     assert AccelerationOptions.from_record(record) == options
     assert options.changes_results and not AccelerationOptions(compile=True).changes_results
     assert not AccelerationOptions().enabled
