@@ -293,31 +293,33 @@ def _block_kinds(transformer: nn.Module) -> dict[tuple[bool, bool], list[nn.Modu
     return kinds
 
 
-def compile_ahead_of_time(pipe: Any, capture: Callable[[], Any], inductor_configs: Optional[dict] = None) -> bool:
+def compile_ahead_of_time(pipe: Any, capture: Callable[[], Any],
+                          inductor_configs: Optional[dict] = None) -> Optional[dict[tuple[bool, bool], Any]]:
     """ZeroGPU ahead-of-time compilation of the DiT's blocks, the way the ``spaces`` package documents it.
 
     Regional: for each kind of block (:func:`_block_kinds`; three at full size), ``spaces.aoti_capture`` records
     the inputs of one block while ``capture()`` runs the pipeline once, ``torch.export`` exports that block with
     the batch, image-token and text-token dimensions dynamic (so text-to-image, edits and every prompt length and
-    size use the same graphs), ``spaces.aoti_compile`` compiles it, and ``spaces.aoti_apply`` installs it on every
-    block of that kind. Call once at Space start-up, inside a ``@spaces.GPU`` function, before any cache hooks.
+    size use the same graphs), and ``spaces.aoti_compile`` compiles it. Run it once at Space start-up inside a
+    ``@spaces.GPU`` function and return its result; install it with :func:`apply_ahead_of_time` outside that
+    function (the GPU function runs in another process, so changes to the modules there do not persist).
 
     Returns:
-        True when every kind was compiled and applied; False (with a logged warning, the pipeline left in eager)
-        when ``spaces`` is missing or any step fails.
+        ``{block kind: compiled program}``, or None (with a logged warning) when ``spaces`` is missing or any step
+        fails, in which case the Space stays eager.
     """
     try:
         import spaces
         from torch.utils._pytree import tree_map
     except ImportError:
         logger.warning("Ahead-of-time compilation needs the `spaces` package (ZeroGPU); running eager.")
-        return False
+        return None
     batch = torch.export.Dim("batch", min=1, max=256)
     image_tokens = torch.export.Dim("image_tokens", min=2, max=65536)
     text_tokens = torch.export.Dim("text_tokens", min=2, max=8192)
-    compiled = []
+    compiled = {}
     try:
-        for blocks in _block_kinds(pipe.transformer).values():
+        for kind, blocks in _block_kinds(pipe.transformer).items():
             with spaces.aoti_capture(blocks[0]) as call:
                 capture()
             dynamic_shapes = tree_map(lambda _: None, call.kwargs)
@@ -325,12 +327,30 @@ def compile_ahead_of_time(pipe: Any, capture: Callable[[], Any], inductor_config
                                   encoder_hidden_states={0: batch, 1: text_tokens}, temb={0: batch})
             exported = torch.export.export(blocks[0], args=call.args, kwargs=call.kwargs,
                                            dynamic_shapes=dynamic_shapes)
-            compiled.append((blocks, spaces.aoti_compile(exported, inductor_configs)))
-    except Exception as error:  # any export/compile failure: the Space must still start, in eager
+            compiled[kind] = spaces.aoti_compile(exported, inductor_configs)
+    except Exception as error:  # any capture/export/compile failure: the Space must still start, in eager
         logger.warning("Ahead-of-time compilation of the DiT failed (%s: %s); running eager.",
                        type(error).__name__, error)
+        return None
+    return compiled
+
+
+def apply_ahead_of_time(pipe: Any, compiled: Optional[dict[tuple[bool, bool], Any]]) -> bool:
+    """Install :func:`compile_ahead_of_time`'s programs on every block of their kind (``spaces.aoti_apply``).
+
+    Returns False, leaving the pipeline eager, when ``compiled`` is None or does not cover this DiT's blocks.
+    Apply before enabling step caching (its hooks then wrap the compiled blocks).
+    """
+    kinds = _block_kinds(pipe.transformer)
+    if compiled is None:
         return False
-    for blocks, program in compiled:
+    if set(compiled) != set(kinds):
+        logger.warning("Ahead-of-time programs cover block kinds %s, this DiT has %s; running eager.",
+                       sorted(compiled), sorted(kinds))
+        return False
+    import spaces
+
+    for kind, blocks in kinds.items():
         for block in blocks:
-            spaces.aoti_apply(program, block)
+            spaces.aoti_apply(compiled[kind], block)
     return True

@@ -15,8 +15,9 @@ import torch
 from PIL import Image
 
 from deepgen import DeepGenPipeline
-from deepgen.acceleration import (DEFAULT_CACHE_THRESHOLD, AccelerationOptions, accelerate, compile_ahead_of_time, compile_counters,
-                                  count_cached_steps, enable_offload, enable_step_cache, quantize)
+from deepgen.acceleration import (DEFAULT_CACHE_THRESHOLD, AccelerationOptions, accelerate, apply_ahead_of_time,
+                                  compile_ahead_of_time, compile_counters, count_cached_steps, enable_offload,
+                                  enable_step_cache, quantize)
 from deepgen.config import get_preset
 
 
@@ -220,7 +221,9 @@ def test_ahead_of_time_blocks_serve_every_size_and_edits(monkeypatch):
     source = Image.fromarray(np.random.default_rng(0).integers(0, 256, (64, 96, 3), dtype=np.uint8))
     expected = [latents(pipe, steps=2), latents(pipe, "fox", size=96, steps=2),
                 latents(pipe, "make it blue", image=source, steps=2)]
-    assert compile_ahead_of_time(pipe, lambda: latents(pipe, steps=1))
+    compiled = compile_ahead_of_time(pipe, lambda: latents(pipe, steps=1))
+    assert len(compiled) == 3  # dual-attention, plain and context-pre-only blocks
+    assert apply_ahead_of_time(pipe, compiled)
     got = [latents(pipe, steps=2), latents(pipe, "fox", size=96, steps=2),
            latents(pipe, "make it blue", image=source, steps=2)]
     for a, b in zip(got, expected):
@@ -231,14 +234,18 @@ def test_ahead_of_time_falls_back_to_eager(monkeypatch, caplog, eager):
     pipe = make_pipe()
     monkeypatch.setitem(sys.modules, "spaces", None)
     with caplog.at_level(logging.WARNING, logger="deepgen.acceleration"):
-        assert not compile_ahead_of_time(pipe, lambda: latents(pipe, steps=1))
+        assert compile_ahead_of_time(pipe, lambda: latents(pipe, steps=1)) is None
     assert "needs the `spaces` package" in caplog.text
+    assert not apply_ahead_of_time(pipe, None)
     monkeypatch.setitem(sys.modules, "spaces", fake_spaces())
 
     def failing_capture():
         raise RuntimeError("no GPU in this test")
 
     with caplog.at_level(logging.WARNING, logger="deepgen.acceleration"):
-        assert not compile_ahead_of_time(pipe, failing_capture)
+        assert compile_ahead_of_time(pipe, failing_capture) is None
     assert "failed (RuntimeError: no GPU in this test); running eager" in caplog.text
+    with caplog.at_level(logging.WARNING, logger="deepgen.acceleration"):
+        assert not apply_ahead_of_time(pipe, {(False, False): object()})  # programs of another DiT
+    assert "running eager" in caplog.text
     assert torch.equal(latents(pipe), eager)
