@@ -84,7 +84,8 @@ def dit_flops(transformer_config: dict, image_tokens: int, target_tokens: int, t
     n_img, n_txt = image_tokens, text_tokens
     n = n_img + n_txt
     linear = (layers * 12 + dual * 4) * d * d * n_img + ((layers - 1) * 12 + 3) * d * d * n_txt
-    embed = patch * d * n_img + c["joint_attention_dim"] * d * n_txt + d * c["patch_size"] ** 2 * c["out_channels"] * target_tokens
+    unpatch = c["patch_size"] ** 2 * c["out_channels"]
+    embed = patch * d * n_img + c["joint_attention_dim"] * d * n_txt + d * unpatch * target_tokens
     attention = 2 * d * (layers * n * n + dual * n_img * n_img)
     flops = rows * (2 * (linear + embed) + 2 * attention)
     formula = (f"FLOP/step = rows x [2 x ((12L + 4L_dual) D^2 N_img + (12(L-1) + 3) D^2 N_txt + embeddings) "
@@ -108,7 +109,8 @@ def parse_case(text: str) -> Case:
     """``"t2i:512"`` or ``"edit:1024:4"`` -> a :class:`Case`."""
     parts = text.split(":")
     if len(parts) not in (2, 3) or parts[0] not in ("t2i", "edit") or not all(p.isdigit() for p in parts[1:]):
-        raise ValueError(f"A case is TASK:SIZE[:BATCH] with TASK t2i or edit, e.g. t2i:512 or edit:512:2; got {text!r}.")
+        raise ValueError(f"A case is TASK:SIZE[:BATCH] with TASK t2i or edit, e.g. t2i:512 or edit:512:2; "
+                         f"got {text!r}.")
     return Case(parts[0], int(parts[1]), int(parts[2]) if len(parts) == 3 else 1)
 
 
@@ -291,8 +293,9 @@ def report(records: list[dict], header: str, peak: Optional[float]) -> str:
                 f"{r['setup_s']:.1f} + {r['warmup_s']:.1f} |")
         lines += ["", f"DiT FLOPs: {rows[0]['flop_formula']}", ""]
     kind = records[0]["peak_kind"] if records else ""
-    lines.append(f"Peak memory: {'CUDA max allocated (weights included)' if kind == 'cuda_max_allocated' else 'process RSS'}"
-                 f" over the timed runs. Device peak used for 'of peak': {peak or 'unknown'} TFLOP/s (dense bf16).")
+    what = "CUDA max allocated (weights included)" if kind == "cuda_max_allocated" else "process RSS"
+    lines.append(f"Peak memory: {what} over the timed runs. Device peak used for 'of peak': {peak or 'unknown'} "
+                 "TFLOP/s (dense bf16).")
     return "\n".join(lines)
 
 

@@ -60,7 +60,8 @@ def test_bad_options_are_refused(kwargs, message):
 def test_options_record_round_trip():
     options = AccelerationOptions.fast(quantize="int8-weight-only")
     record = options.to_record()
-    assert record["compile"] and record["cache_threshold"] == DEFAULT_CACHE_THRESHOLD and record["quantize"] == "int8-weight-only"
+    assert record["compile"] and record["cache_threshold"] == DEFAULT_CACHE_THRESHOLD
+    assert record["quantize"] == "int8-weight-only"
     assert AccelerationOptions.from_record(record) == options
     assert options.changes_results and not AccelerationOptions(compile=True).changes_results
     assert not AccelerationOptions().enabled
