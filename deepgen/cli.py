@@ -11,10 +11,12 @@ from typing import Optional, Sequence
 import torch
 
 from . import __name__ as package_name
+from .acceleration import OFFLOAD_MODES, QUANTIZATION_SCHEMES, AccelerationOptions, accelerate
 from .bench.cli import add_parser as add_bench_parser
 from .bench.cli import run as run_bench
 from .builtin import OFFICIAL_DIT, OFFICIAL_VLM, default_model_name, load_pipeline
 from .image_processing import load_image, save_png
+from .pipeline import default_dtype
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -39,16 +41,39 @@ def build_parser() -> argparse.ArgumentParser:
                           "edits follow the source)")
     gen.add_argument("--device", default=None, help="cuda or cpu (default: cuda when available)")
     gen.add_argument("--out", type=Path, required=True, help="output .png path")
+    speed = gen.add_argument_group("speed (deepgen.acceleration; the PNG's settings record which were on)")
+    speed.add_argument("--fast", action="store_true",
+                       help="regional torch.compile + First Block Cache (changes the image slightly)")
+    speed.add_argument("--compile", action="store_true", help="regional torch.compile of the DiT (same image)")
+    speed.add_argument("--cache-threshold", type=float, default=None,
+                       help="First Block Cache threshold, e.g. 0.1 (skips DiT steps; changes the image slightly)")
+    speed.add_argument("--quantize", choices=QUANTIZATION_SCHEMES, default=None,
+                       help="torchao quantisation of the DiT and VLM (needs torchao; fp8 needs an Ada/Hopper GPU)")
+    speed.add_argument("--offload", choices=OFFLOAD_MODES, default=None,
+                       help="keep weights on the CPU: 'model' (one component at a time) or 'group' (least memory)")
     add_bench_parser(sub)
     return parser
+
+
+def acceleration_options(args: argparse.Namespace) -> AccelerationOptions:
+    """The speed flags as options; ``--fast`` is compile + cache, and explicit flags override its parts."""
+    explicit = {"compile": args.compile or None, "cache_threshold": args.cache_threshold, "quantize": args.quantize,
+                "offload": args.offload}
+    explicit = {key: value for key, value in explicit.items() if value is not None}
+    return AccelerationOptions.fast(**explicit) if args.fast else AccelerationOptions(**explicit)
 
 
 def generate(args: argparse.Namespace) -> dict:
     if args.out.suffix.lower() != ".png":
         raise ValueError(f"--out must end in .png (lossless, with the settings embedded), got {args.out}.")
     images = [load_image(path) for path in args.image or []]
+    options = acceleration_options(args)
     model = args.model or default_model_name()
-    pipe = load_pipeline(model, vlm=args.vlm, dit=args.dit, device=args.device)
+    device = torch.device(args.device or ("cuda" if torch.cuda.is_available() else "cpu"))
+    # Offloading starts from weights on the CPU and moves them to `device` as they are used.
+    pipe = load_pipeline(model, vlm=args.vlm, dit=args.dit, device="cpu" if options.offload else device,
+                         torch_dtype=default_dtype(device))
+    accelerate(pipe, options, device=device)
     size = args.size
     result = pipe(
         args.prompt,
@@ -70,6 +95,7 @@ def generate(args: argparse.Namespace) -> dict:
         "width": result.width,
         "height": result.height,
         "images": [str(p) for p in args.image or []],
+        "acceleration": options.to_record(),
     }
     save_png(result, args.out, settings)
     return settings
@@ -81,7 +107,7 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
         return run_bench(args)
     try:
         settings = generate(args)
-    except ValueError as error:
+    except (ValueError, ImportError) as error:  # bad input, or an optional dependency a flag needs
         print(f"error: {error}", file=sys.stderr)
         return 2
     print(f"wrote {args.out} ({settings['width']}x{settings['height']}, seed {settings['seed']})")

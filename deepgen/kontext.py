@@ -12,13 +12,20 @@ from __future__ import annotations
 from typing import Any, Optional, Sequence, Union
 
 import torch
+from diffusers.models.cache_utils import CacheMixin
 from diffusers.models.modeling_outputs import Transformer2DModelOutput
 from diffusers.models.transformers.transformer_sd3 import SD3Transformer2DModel
 from diffusers.utils import USE_PEFT_BACKEND, scale_lora_layers, unscale_lora_layers
 
 
-class KontextSD3Transformer2DModel(SD3Transformer2DModel):
-    """``SD3Transformer2DModel`` with Kontext reference tokens; same config and checkpoint keys."""
+class KontextSD3Transformer2DModel(SD3Transformer2DModel, CacheMixin):
+    """``SD3Transformer2DModel`` with Kontext reference tokens; same config and checkpoint keys.
+
+    ``CacheMixin`` adds diffusers' step caching (``enable_cache``, ``cache_context``), which SD3's class lacks;
+    ``_repeated_blocks`` lets ``compile_repeated_blocks`` compile the one block class instead of the whole model.
+    """
+
+    _repeated_blocks = ["JointTransformerBlock"]
 
     def max_latent_size(self) -> int:
         """The largest latent height/width the position table covers (pos_embed_max_size * patch_size)."""

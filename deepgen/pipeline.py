@@ -474,11 +474,14 @@ class DeepGenPipeline(DiffusionPipeline):
 
         # 5. Denoise with Euler flow matching and CFG.
         model = self.model
+        self.transformer._reset_stateful_cache()  # a cancelled earlier call may have left step-cache state behind
         with self.progress_bar(total=len(timesteps)) as progress:
             for i, t in enumerate(timesteps):
                 latent_input = torch.cat([latents, latents]) if do_cfg else latents
-                velocity = model(latent_input, t.expand(latent_input.shape[0]), context, pooled_context,
-                                 ref_latents).float()
+                # Step-cache hooks (deepgen.acceleration) key their state by this name; CFG's halves are one call.
+                with self.transformer.cache_context("cfg" if do_cfg else "cond"):
+                    velocity = model(latent_input, t.expand(latent_input.shape[0]), context, pooled_context,
+                                     ref_latents).float()
                 if do_cfg:
                     v_uncond, v_cond = velocity.chunk(2)
                     velocity = classifier_free_guidance(v_cond, v_uncond, guidance_scale)

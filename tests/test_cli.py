@@ -8,7 +8,8 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from deepgen.cli import main
+from deepgen.acceleration import DEFAULT_CACHE_THRESHOLD, AccelerationOptions
+from deepgen.cli import acceleration_options, build_parser, main
 
 
 def generate(tmp_path, *extra: str, out: str = "x.png", prompt: str = "a red circle") -> int:
@@ -75,3 +76,37 @@ def test_missing_prompt_is_a_usage_error(tmp_path):
     with pytest.raises(SystemExit) as exit_info:
         main(["generate", "--model", "tiny", "--out", str(tmp_path / "x.png")])
     assert exit_info.value.code == 2
+
+
+def test_speed_flags_are_recorded(tmp_path):
+    pytest.importorskip("torchao")
+    assert generate(tmp_path, "--size", "32", "--quantize", "int8-weight-only") == 0
+    with Image.open(tmp_path / "x.png") as image:
+        record = json.loads(image.text["deepgen"])["acceleration"]
+    assert record["quantize"] == "int8-weight-only" and not record["compile"] and record["cache_threshold"] is None
+
+
+def test_plain_run_records_no_speed_option(tmp_path):
+    assert generate(tmp_path, "--size", "32") == 0
+    with Image.open(tmp_path / "x.png") as image:
+        record = json.loads(image.text["deepgen"])["acceleration"]
+    assert record == AccelerationOptions().to_record()
+
+
+def test_fast_is_compile_plus_cache_and_explicit_flags_override_it():
+    parse = lambda *flags: acceleration_options(  # noqa: E731
+        build_parser().parse_args(["generate", "--prompt", "p", "--out", "x.png", *flags]))
+    assert parse("--fast") == AccelerationOptions(compile=True, cache_threshold=DEFAULT_CACHE_THRESHOLD)
+    assert parse("--fast", "--cache-threshold", "0.2").cache_threshold == 0.2
+    assert parse("--compile") == AccelerationOptions(compile=True)
+
+
+@pytest.mark.parametrize("flags, message", [
+    (["--cache-threshold", "0.3"], "at least 3 layers"),
+    (["--cache-threshold", "2"], "must be a number in (0, 1)"),
+    (["--offload", "model"], "runs on the CPU already"),
+])
+def test_speed_flag_errors_exit_2(tmp_path, capsys, flags, message):
+    assert generate(tmp_path, "--size", "32", *flags) == 2
+    assert message in capsys.readouterr().err
+    assert not (tmp_path / "x.png").exists()

@@ -4,7 +4,6 @@ the shared queue is refused with a message. Tiny preset contestants, 64x64, 1 st
 
 from __future__ import annotations
 
-from pathlib import Path
 
 import pytest
 
