@@ -24,6 +24,7 @@ from typing import Optional, Sequence
 
 import gradio as gr
 
+from deepgen.acceleration import AccelerationOptions
 from deepgen.bench.browse import ROOT_ENV, bench_root
 from deepgen.builtin import OFFICIAL_DIT, OFFICIAL_VLM
 from studio import DEFAULT_REGISTRY, EXAMPLES_DIR
@@ -52,6 +53,10 @@ def build_parser() -> argparse.ArgumentParser:
                         help="folder whose `python -m deepgen bench` runs the Compare tab can browse "
                              f"(default: ${ROOT_ENV})")
     parser.add_argument("--device", default=None, help="cuda or cpu (default: cuda when available)")
+    parser.add_argument("--fast", action=argparse.BooleanOptionalAction,
+                        default=os.environ.get("DEEPGEN_FAST", "0") == "1",
+                        help="regional torch.compile + First Block Cache on DeepGen models (faster on a GPU; images "
+                             "change slightly; exports record it). Default: $DEEPGEN_FAST, else off")
     parser.add_argument("--host", default=os.environ.get("GRADIO_SERVER_NAME", "127.0.0.1"))
     parser.add_argument("--port", type=int, default=int(os.environ.get("GRADIO_SERVER_PORT", "7860")))
     parser.add_argument("--queue-size", type=int, default=64, help="requests waiting at most; more are refused")
@@ -67,7 +72,9 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def create_studio(args: argparse.Namespace) -> Studio:
-    return Studio.create(model=args.model, registry=args.registry, vlm=args.vlm, dit=args.dit, device=args.device)
+    acceleration = AccelerationOptions.fast() if args.fast else None
+    return Studio.create(model=args.model, registry=args.registry, vlm=args.vlm, dit=args.dit, device=args.device,
+                         acceleration=acceleration)
 
 
 def main(argv: Optional[Sequence[str]] = None) -> None:

@@ -9,10 +9,11 @@ import gc
 import logging
 import threading
 from pathlib import Path
-from typing import Sequence
+from typing import Optional, Sequence
 
 import torch
 
+from deepgen.acceleration import AccelerationOptions, accelerate
 from deepgen.builtin import RANDOM_PRESETS, available_builtin_models
 from deepgen.contestants import (Contestant, LoadedModel, explain_load_error, hub_cache_path, hub_offline, is_builtin,
                                  load_contestant)
@@ -36,8 +37,10 @@ class ModelManager:
     Model calls are serialised by a lock (the pipelines' schedulers are stateful).
     """
 
-    def __init__(self, contestants: Sequence[Contestant], active_id: str, device: torch.device, max_loaded: int = 2):
+    def __init__(self, contestants: Sequence[Contestant], active_id: str, device: torch.device, max_loaded: int = 2,
+                 acceleration: Optional[AccelerationOptions] = None):
         self.contestants = {c.id: c for c in contestants}
+        self.acceleration = acceleration or AccelerationOptions()  # applied to every DeepGen model it loads
         if active_id not in self.contestants:
             raise ValueError(f"The running model {active_id!r} is not among the contestants.")
         self.active_id = active_id
@@ -96,6 +99,8 @@ class ModelManager:
             logger.info("loading %s (%s) on %s", contestant.id, contestant.source, self.device)
             try:
                 model = load_contestant(contestant, self.device)
+                if contestant.kind == "deepgen":
+                    accelerate(model.pipe, self.acceleration, self.device)
             except Exception as error:  # any failure: mark unavailable, keep serving
                 logger.exception("could not load contestant %s", contestant_id)
                 free_memory()

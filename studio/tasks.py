@@ -21,6 +21,7 @@ from typing import Any, Optional, Sequence, Union
 import torch
 from PIL import Image
 
+from deepgen.acceleration import AccelerationOptions
 from deepgen.builtin import OFFICIAL_DIT, OFFICIAL_VLM, default_model_name
 from deepgen.contestants import Contestant, LoadedModel, load_registry
 from deepgen.image_processing import save_png
@@ -69,7 +70,8 @@ class Studio:
     @classmethod
     def create(cls, model: Optional[str] = None, registry: Optional[Union[str, Path]] = None,
                vlm: str = OFFICIAL_VLM, dit: str = OFFICIAL_DIT, device: Optional[str] = None,
-               max_loaded: Optional[int] = None, output_root: Optional[Path] = None) -> "Studio":
+               max_loaded: Optional[int] = None, output_root: Optional[Path] = None,
+               acceleration: Optional[AccelerationOptions] = None) -> "Studio":
         """Read the registry, choose the running model and load it (and any ``preload`` contestants).
 
         Args:
@@ -80,6 +82,7 @@ class Studio:
             device: ``cuda`` or ``cpu`` (default: cuda when available).
             max_loaded: how many contestants stay loaded (default ``DEEPGEN_STUDIO_MAX_LOADED`` or 2).
             output_root: where task folders go (default: a new temporary folder, deleted by :meth:`close`).
+            acceleration: speed options for every DeepGen model (default none: plain eager, exact images).
         """
         contestants = load_registry(registry or DEFAULT_REGISTRY)
         model = model or os.environ.get("DEEPGEN_MODEL") or default_model_name()
@@ -91,7 +94,7 @@ class Studio:
             contestants.insert(0, match)
         device_ = torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
         max_loaded = max_loaded or int(os.environ.get("DEEPGEN_STUDIO_MAX_LOADED", "2"))
-        manager = ModelManager(contestants, match.id, device_, max_loaded=max_loaded)
+        manager = ModelManager(contestants, match.id, device_, max_loaded=max_loaded, acceleration=acceleration)
         try:
             manager.get(match.id)  # loaded at start-up; a failure here is fatal, with the reason
         except StudioInputError as error:
@@ -336,6 +339,7 @@ class Studio:
             "runs": [run.to_record(folder) for run in runs],
             "total_elapsed_s": round(time.perf_counter() - started, 3),
             "environment": environment_record(self.manager.device),
+            "acceleration": self.manager.acceleration.to_record(),  # speed options on the DeepGen models
         }
         result = TaskResult(task, runs, folder, record, folder / f"deepgen-{task}.zip", reference_files)
         result.write_export()

@@ -86,6 +86,21 @@ def test_unknown_model_becomes_the_running_contestant(tmp_path):
 # --- generate -------------------------------------------------------------------------------------------------
 
 
+def test_speed_options_apply_to_deepgen_models_and_are_recorded(tmp_path):
+    from deepgen.acceleration import AccelerationOptions
+
+    options = AccelerationOptions(cache_threshold=0.085)
+    fast = Studio.create(model="deepgen-nano", registry=write_registry(tmp_path / "c.yaml"), device="cpu",
+                         output_root=tmp_path / "out", acceleration=options)  # nano: a DiT deep enough to cache
+    try:
+        assert fast.manager.get(fast.manager.active_id).pipe.transformer.is_cache_enabled
+        record = fast.generate("a red circle", seed=1, **FAST).record
+        assert record["acceleration"]["cache_threshold"] == 0.085 and record["acceleration"]["compile"] is False
+    finally:
+        fast.close()
+
+
+
 def test_generate_writes_lossless_pngs_with_settings_and_a_record(studio):
     steps_seen = []
     result = studio.generate("a red circle", "blurry", seed=11, num_images=2,
