@@ -7,22 +7,10 @@ import json
 
 import pytest
 import torch
-from accelerate.state import AcceleratorState, GradientState
 from safetensors.torch import load_file
 
 from deepgen.training import checkpoints, trainer
-from deepgen.training.config import load_config
-
-
-@pytest.fixture(autouse=True)
-def _fresh_accelerate_state():
-    yield
-    AcceleratorState._reset_state(reset_partial_state=True)
-    GradientState._reset_state()
-
-
-def _config(tmp_path, *overrides):
-    return load_config(None, ["model.pretrained=tiny", f"output_dir={tmp_path}", "data.resolution=32", *overrides])
+from training_helpers import fresh_accelerate_state, tiny_config  # noqa: F401  (autouse fixture)
 
 
 class _Boom(RuntimeError):
@@ -30,7 +18,7 @@ class _Boom(RuntimeError):
 
 
 def _manager(tmp_path, keep=2):
-    config = _config(tmp_path, f"keep_checkpoints={keep}")
+    config = tiny_config(tmp_path, f"keep_checkpoints={keep}")
     accelerator = trainer.build_accelerator(config)
     weight = torch.nn.Parameter(torch.arange(4.0))
     optimizer = trainer.build_optimizer([weight], config.optim)

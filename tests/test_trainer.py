@@ -7,26 +7,14 @@ import json
 
 import pytest
 import torch
-from accelerate.state import AcceleratorState, GradientState
 
 from deepgen import DeepGenPipeline
 from deepgen.training import trainer
-from deepgen.training.config import load_config
 from deepgen.training.data import Batch
+from training_helpers import fresh_accelerate_state, tiny_config  # noqa: F401  (autouse fixture)
 
 SIZE = 32
 LM_HEAD_LORA = "vlm.lm_head.lora_"  # DeepGen never calls lm_head, so its adapter can never get a gradient
-
-
-@pytest.fixture(autouse=True)
-def _fresh_accelerate_state():
-    yield
-    AcceleratorState._reset_state(reset_partial_state=True)
-    GradientState._reset_state()
-
-
-def _config(tmp_path, *overrides):
-    return load_config(None, ["model.pretrained=tiny", f"output_dir={tmp_path}", "data.resolution=32", *overrides])
 
 
 def _batch(edit: bool) -> Batch:
@@ -46,7 +34,7 @@ def _backward(pipe, config, accelerator, edit):
 
 
 def test_stage1_schedule_trains_exactly_the_bridge(tmp_path):
-    config = _config(tmp_path)
+    config = tiny_config(tmp_path)
     pipe = DeepGenPipeline.from_config("tiny", seed=0)
     trainable = trainer.apply_training_schedule(pipe, config)
     names = {name for name, _ in trainable}
@@ -62,7 +50,7 @@ def test_stage1_schedule_trains_exactly_the_bridge(tmp_path):
 
 
 def test_stage2_schedule_trains_bridge_dit_and_vlm_lora(tmp_path):
-    config = _config(tmp_path, "train_transformer=true", "vlm_lora={rank: 2, alpha: 4}")
+    config = tiny_config(tmp_path, "train_transformer=true", "vlm_lora={rank: 2, alpha: 4}")
     pipe = DeepGenPipeline.from_config("tiny", seed=0)
     trainable = trainer.apply_training_schedule(pipe, config)
     names = {name for name, _ in trainable}
@@ -89,7 +77,7 @@ def test_base_models_start_with_a_fresh_bridge(tmp_path, tiny_pipe):
     """The full recipe's stage 1 starts from Qwen2.5-VL + the Kontext DiT folders and a new bridge."""
     tiny_pipe.save_pretrained(tmp_path / "base")
     tiny_pipe.tokenizer.save_pretrained(tmp_path / "base" / "vlm")  # a Qwen folder carries its tokenizer
-    config = _config(tmp_path, "model.pretrained=null", f"model.base_vlm={tmp_path / 'base' / 'vlm'}",
+    config = tiny_config(tmp_path, "model.pretrained=null", f"model.base_vlm={tmp_path / 'base' / 'vlm'}",
                      f"model.base_dit={tmp_path / 'base'}", "model.bridge_preset=tiny")
     pipe = trainer.load_pipeline(config.model)
     for name in ("vlm", "transformer", "vae"):
@@ -104,7 +92,7 @@ def test_base_models_start_with_a_fresh_bridge(tmp_path, tiny_pipe):
 
 
 def test_lr_schedule_warmup_then_cosine(tmp_path):
-    config = _config(tmp_path, "max_steps=100", "optim.warmup_ratio=0.1", "optim.lr=1.0")
+    config = tiny_config(tmp_path, "max_steps=100", "optim.warmup_ratio=0.1", "optim.lr=1.0")
     optimizer = trainer.build_optimizer([torch.nn.Parameter(torch.zeros(1))], config.optim)
     schedule = trainer.build_lr_scheduler(optimizer, config)
     rates = []
@@ -117,7 +105,7 @@ def test_lr_schedule_warmup_then_cosine(tmp_path):
 
 
 def test_loss_log_drops_lines_after_the_resumed_step(tmp_path):
-    config = _config(tmp_path)
+    config = tiny_config(tmp_path)
     accelerator = trainer.build_accelerator(config)
     log = trainer.LossLog(str(tmp_path), accelerator)
     for step in (1, 2, 3):
@@ -133,7 +121,7 @@ def test_weight_decay_only_on_matrices(tmp_path):
     groups = trainer.weight_decay_groups([matrix, bias, tokens], 0.05)
     assert [[id(p) for p in g["params"]] for g in groups] == [[id(matrix), id(tokens)], [id(bias)]]
     assert [g["weight_decay"] for g in groups] == [0.05, 0.0]
-    config = _config(tmp_path, "optim.decay_matrices_only=true", "optim.lr=0.1", "optim.weight_decay=0.5")
+    config = tiny_config(tmp_path, "optim.decay_matrices_only=true", "optim.lr=0.1", "optim.weight_decay=0.5")
     optimizer = trainer.build_optimizer([matrix, bias], config.optim)
     for p in (matrix, bias):
         p.grad = torch.zeros_like(p)
@@ -142,7 +130,7 @@ def test_weight_decay_only_on_matrices(tmp_path):
 
 
 def test_warmup_steps_replace_the_ratio(tmp_path):
-    config = _config(tmp_path, "max_steps=100", "optim.warmup_ratio=0.5", "optim.warmup_steps=4", "optim.lr=1.0",
+    config = tiny_config(tmp_path, "max_steps=100", "optim.warmup_ratio=0.5", "optim.warmup_steps=4", "optim.lr=1.0",
                      "optim.lr_scheduler=constant_with_warmup")
     optimizer = trainer.build_optimizer([torch.nn.Parameter(torch.zeros(1))], config.optim)
     schedule = trainer.build_lr_scheduler(optimizer, config)
@@ -167,13 +155,13 @@ def test_xavier_connector_init_is_the_authors(tmp_path):
     assert attention.q_proj.weight.abs().max() <= bound and attention.q_proj.weight.abs().max() > 0.8 * bound
     assert not attention.out_proj.bias.any() and 0 < mlp.fc1.bias.abs().max() < 1e-5
     with pytest.raises(ValueError, match="connector_init"):
-        _config(tmp_path, "model.connector_init=he")
+        tiny_config(tmp_path, "model.connector_init=he")
 
 
 @pytest.mark.parametrize("edit", [False, True])
 def test_flow_matching_loss_on_an_aspect_bucket_batch(tmp_path, edit):
     """data.image_process=fix_pixels gives non-square batches (and edit sources of the target's size)."""
-    config = _config(tmp_path)
+    config = tiny_config(tmp_path)
     pipe = DeepGenPipeline.from_config("tiny", seed=0)
     trainer.apply_training_schedule(pipe, config)
     generator = torch.Generator().manual_seed(1)

@@ -16,6 +16,7 @@ from typing import Any, Callable
 from PIL import Image
 
 from .grpo_config import PromptSourceConfig
+from .registry import registrar
 
 
 @dataclass
@@ -30,16 +31,9 @@ PromptLoader = Callable[..., list[Prompt]]
 PROMPT_SOURCES: dict[str, PromptLoader] = {}
 
 
-def register_prompt_source(name: str) -> Callable[[PromptLoader], PromptLoader]:
-    """Decorator: make ``loader(path, size, **options) -> list[Prompt]`` the ``grpo.prompts.format: <name>``."""
-
-    def register(loader: PromptLoader) -> PromptLoader:
-        if PROMPT_SOURCES.get(name, loader) is not loader:
-            raise ValueError(f"A prompt source named {name!r} is already registered ({PROMPT_SOURCES[name]}).")
-        PROMPT_SOURCES[name] = loader
-        return loader
-
-    return register
+# Decorator: ``@register_prompt_source(name)`` makes ``loader(path, size, **options) -> list[Prompt]`` the
+# ``grpo.prompts.format: <name>``.
+register_prompt_source = registrar(PROMPT_SOURCES, "prompt source")
 
 
 @register_prompt_source("jsonl")

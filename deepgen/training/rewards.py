@@ -23,6 +23,8 @@ import torch
 import urllib3
 from PIL import Image
 
+from .registry import registrar
+
 if TYPE_CHECKING:
     from .grpo_config import RewardSpec
     from .prompts import Prompt
@@ -280,16 +282,9 @@ RewardFactory = Callable[..., Reward]
 REWARDS: dict[str, RewardFactory] = {}
 
 
-def register_reward(name: str) -> Callable[[RewardFactory], RewardFactory]:
-    """Decorator: make ``factory(device, **options) -> Reward`` available as ``grpo.rewards.<name>``."""
-
-    def register(factory: RewardFactory) -> RewardFactory:
-        if REWARDS.get(name, factory) is not factory:
-            raise ValueError(f"A reward named {name!r} is already registered ({REWARDS[name]}).")
-        REWARDS[name] = factory
-        return factory
-
-    return register
+# Decorator: ``@register_reward(name)`` makes ``factory(device, **options) -> Reward`` available as
+# ``grpo.rewards.<name>``.
+register_reward = registrar(REWARDS, "reward")
 
 
 @register_reward("clip")
