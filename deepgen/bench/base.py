@@ -76,7 +76,11 @@ class Benchmark:
         raise NotImplementedError
 
     def outputs(self, item_id: str, record: dict[str, Any], images_per_prompt: int) -> tuple[str, ...]:
-        raise NotImplementedError
+        """The files of one item, relative to the run folder. Default: ``<id>.png``, or ``<id>_<k>.png`` for
+        several images per prompt."""
+        if images_per_prompt == 1:
+            return (f"{item_id}.png",)
+        return tuple(f"{item_id}_{k}.png" for k in range(images_per_prompt))
 
     def write(self, item: Item, images: Sequence[Image.Image], out: Path, pnginfo: Any) -> None:
         """Write ``images`` (sample k at index k) of ``item`` under ``out``. Default: one PNG per output path."""

@@ -50,9 +50,6 @@ class ImgEdit(Benchmark):
         return Item(item_id, prompt, (), where, record, image_loader(root, record.get("id"), "id", where))
 
 
-    def outputs(self, item_id: str, record: dict, images_per_prompt: int) -> tuple[str, ...]:
-        return (f"{item_id}.png",)
-
     def scorer_command(self, out: Path, data: Path) -> str:
         return (f"python singleturn_bench.py --result_img_folder {out} --edit_json {data}/singleturn.json "
                 f"--origin_img_root {data} --prompts_json <per edit_type prompts>   # in PKU-YuanGroup/ImgEdit")
@@ -147,9 +144,6 @@ class RISEBench(Benchmark):
                     image_loader(root, record.get("image"), "image", where))
 
 
-    def outputs(self, item_id: str, record: dict, images_per_prompt: int) -> tuple[str, ...]:
-        return (f"{item_id}.png",)
-
     def scorer_command(self, out: Path, data: Path) -> str:
         return (f"python gpt_eval.py --data {data}/datav2_total_w_subtask.json --input {data} "
                 f"--output {out.parent}   # in PhoenixZ/RISEBench; run folder must be outputs/<MODEL>/images")
@@ -178,9 +172,6 @@ class UniREditBench(Benchmark):
             prompt = f"{rules.strip()} {prompt}"
         return Item(f"{name}/{idx}", prompt, (), where, record,
                     image_loader(root, record.get("original_image_path"), "original_image_path", where))
-
-    def outputs(self, item_id: str, record: dict, images_per_prompt: int) -> tuple[str, ...]:
-        return (f"{item_id}.png",)
 
     def scorer_command(self, out: Path, data: Path) -> str:
         return (f"python eval/gpt_eval_uniredit.py --input {data} --data data.json --output {out}"

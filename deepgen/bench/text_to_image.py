@@ -153,11 +153,6 @@ class WISE(Benchmark):
                 yield attempt(lambda: Item(require_id(record, "prompt_id", where), require_text(record, "Prompt", where),
                                            (), where, record))
 
-    def outputs(self, item_id: str, record: dict, images_per_prompt: int) -> tuple[str, ...]:
-        if images_per_prompt == 1:
-            return (f"{item_id}.png",)
-        return tuple(f"{item_id}_{k}.png" for k in range(images_per_prompt))
-
     def scorer_command(self, out: Path, data: Path) -> str:
         return (f"python gpt_eval.py --json_path <data/*.json> --image_dir {out} && python Calculate.py"
                 "   # in PKU-YuanGroup/WISE (GPT-4o judge)")
@@ -246,11 +241,6 @@ class CVTG(Benchmark):
             where = f"{path}:{line}"
             yield attempt(lambda: Item(f"{bench}/{area}/{require_id(record, 'index', where)}",
                                        require_text(record, "prompt", where), (), where, record))
-
-    def outputs(self, item_id: str, record: dict, images_per_prompt: int) -> tuple[str, ...]:
-        if images_per_prompt == 1:
-            return (f"{item_id}.png",)
-        return tuple(f"{item_id}_{k}.png" for k in range(images_per_prompt))
 
     def scorer_command(self, out: Path, data: Path) -> str:
         return (f"# TextCrafter ships no scorer: run OCR Word-Acc/NED and CLIPScore over {out}/<CVTG|CVTG-Style>/"
