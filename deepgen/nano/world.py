@@ -556,6 +556,7 @@ def _sample_text(rng: random.Random, split: str, indirect: bool, prompt_version:
     return Sample("text_rendering", prompt, Scene(glyph=GlyphSpec(glyph, colour)), metadata=metadata)
 
 
+# sampler(rng, split, indirect, prompt_version); edits and text are worded the same in every prompt version.
 _SAMPLERS: dict[str, tuple[Callable[[random.Random, str, bool, int], Sample], bool]] = {
     "generation": (_sample_generation, False),
     "editing": (_sample_edit, False),

@@ -2,15 +2,16 @@
 # The whole DeepGen-nano recipe, from an empty runs folder to evaluated checkpoints (train/nano/README.md).
 #   bash train/nano/run_all.sh               # PROFILE=full: the shipped budgets, shipped + stage 3 (docs/rl.md)
 #   PROFILE=hour bash train/nano/run_all.sh  # every budget cut to fit about an hour on a 2-core CPU (runs/nano-hour)
-#   PROFILE=smoke RUNS=/tmp/x bash train/nano/run_all.sh  # every script for real, 1-3 steps each, in ~2 minutes
+#   PROFILE=smoke RUNS=/tmp/x bash train/nano/run_all.sh  # every script for real, 1-2 steps each (a few minutes)
 # full: the base DiT is the long step, 4 minutes on an H100 and about 4 hours on a 2-core CPU (pretrain_dit.py
 # trains on a GPU when one is present); it ends by shipping the built-in models and running stage 3.
 # hour: smaller VAE/VLM/DiT/stage-2 budgets (the DiT's schedule chosen by a search at that budget, docs/nano.md,
 # "The recipe in an hour"), no SCB ablation, no shipping, no stage 3: it shows the recipe end to end on a laptop.
-# smoke: a few dozen samples, 1-3 steps per script, a handful of evaluation samples: the hour profile's steps, then
-# shipping and stage 3 into $ASSETS (default $RUNS/assets, never deepgen/assets); tests/test_run_all.py runs it.
-# RUNS (the output folder) and ASSETS (where stages are shipped; full only ships by default into deepgen/assets)
-# may be set in the environment.
+# smoke: 40 samples, 1-2 steps per script, one evaluation sample per capability: the hour profile's steps, then
+# shipping and stage 3 into $ASSETS (default $RUNS/assets; deepgen/assets is refused); tests/test_run_all.py runs
+# it. Its time is mostly the ~25 Python start-ups: 4-7 minutes on two cores shared with other work.
+# RUNS (the output folder, any profile) and ASSETS (where full and smoke ship; full: deepgen/assets) may be set in
+# the environment.
 # Every step resumes from its checkpoint when re-run, so a killed run continues where it stopped.
 # Two single-threaded jobs run side by side where steps are independent (this recipe targets a 2-core CPU).
 # It trains every component from scratch on the world's current split. The shipped models took a shorter path:
