@@ -9,7 +9,7 @@
 # "The recipe in an hour"), no SCB ablation, no shipping, no stage 3: it shows the recipe end to end on a laptop.
 # smoke: 40 samples, 1-2 steps per script, one evaluation sample per capability: the hour profile's steps, then
 # shipping and stage 3 into $ASSETS (default $RUNS/assets; deepgen/assets is refused); tests/test_run_all.py runs
-# it. Its time is mostly the ~25 Python start-ups: 4-7 minutes on two cores shared with other work.
+# it. Its time is mostly the ~25 Python start-ups: 3-7 minutes on two cores shared with other work.
 # RUNS (the output folder, any profile) and ASSETS (where full and smoke ship; full: deepgen/assets) may be set in
 # the environment.
 # Every step resumes from its checkpoint when re-run, so a killed run continues where it stopped.
