@@ -4,6 +4,12 @@ Run from the repository root: ``python assets/make_examples.py``. The pictures a
 backgrounds, in the spirit of the procedural shape world the DeepGen-nano models are trained on, drawn with PIL
 so the project makes every example it ships. ``examples.json`` lists the Generate prompts and the Edit examples
 (image files + instruction) that ``studio.inputs.load_examples`` reads.
+
+DeepGen-nano knows only its shape world's words, so its examples (``examples:`` of the nano entries in
+``contestants.yaml``) are world samples: :data:`NANO_PROMPTS` and :data:`NANO_EDITS` name them by capability and
+index in ``world.dataset("train", 16, seed=NANO_SEED, capabilities=(capability,))``, chosen among those the shipped
+``deepgen-nano`` got right (ShapeEval ``correct``, 30 steps, guidance 4). The edits' sources are rendered by the
+world into ``examples/nano/`` at the 64 px the nano models work at.
 """
 
 from __future__ import annotations
@@ -13,6 +19,8 @@ import math
 from pathlib import Path
 
 from PIL import Image, ImageDraw
+
+from deepgen.nano import world
 
 HERE = Path(__file__).resolve().parent / "examples"
 SIZE = 256
@@ -78,12 +86,37 @@ EXAMPLES = {
 }
 
 
+NANO_SEED = 11
+NANO_SIZE = 64
+# (capability, index): plain generation, reasoning generation (riddle words) and text rendering.
+NANO_PROMPTS = (("generation", 11), ("generation", 6), ("reasoning_generation", 15), ("reasoning_generation", 11),
+                ("text_rendering", 8))
+# (capability, index, source image file under examples/nano/): add, move, remove, reasoning recolour.
+NANO_EDITS = (("editing", 10, "add-square-source.png"), ("editing", 6, "move-diamond-source.png"),
+              ("editing", 13, "erase-triangle-source.png"), ("reasoning_editing", 11, "paint-diamond-source.png"))
+
+
+def nano_sample(capability: str, index: int) -> world.Sample:
+    return world.dataset("train", 16, seed=NANO_SEED, capabilities=(capability,))[index]
+
+
+def nano_examples() -> dict:
+    """The nano entries' ``examples:`` (image paths relative to the repository root, as in contestants.yaml)."""
+    return {"prompts": [nano_sample(*key).prompt for key in NANO_PROMPTS],
+            "edits": [{"image": f"assets/examples/nano/{name}", "instruction": nano_sample(capability, index).prompt}
+                      for capability, index, name in NANO_EDITS]}
+
+
 def main() -> None:
     HERE.mkdir(parents=True, exist_ok=True)
     for name, draw in IMAGES.items():
         draw().save(HERE / name, format="PNG")
+    (HERE / "nano").mkdir(exist_ok=True)
+    for capability, index, name in NANO_EDITS:
+        nano_sample(capability, index).source_image(NANO_SIZE).save(HERE / "nano" / name, format="PNG")
     (HERE / "examples.json").write_text(json.dumps(EXAMPLES, indent=2) + "\n", encoding="utf-8")
-    print(f"wrote {len(IMAGES)} images and examples.json to {HERE}")
+    print(f"wrote {len(IMAGES)} images and examples.json to {HERE}, {len(NANO_EDITS)} nano sources to {HERE / 'nano'}")
+    print("nano examples (contestants.yaml):", json.dumps(nano_examples(), indent=2))
 
 
 if __name__ == "__main__":

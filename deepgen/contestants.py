@@ -11,7 +11,7 @@ from __future__ import annotations
 import hashlib
 import os
 import re
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any, Callable, Optional, Union
 
@@ -30,6 +30,79 @@ MAX_STEPS = 100
 MAX_GUIDANCE = 20.0
 MAX_SIDE = 2048  # further capped by each model's own limit
 MAX_REFERENCE_IMAGES = 4
+MAX_EXAMPLE_CHARS = 1000
+EXAMPLES_KEYS = ("prompts", "edits")
+EDIT_EXAMPLE_KEYS = ("image", "instruction")
+
+
+@dataclass(frozen=True)
+class EditExample:
+    """An Edit example: source image paths (one, or several for multi-reference edits) and an instruction."""
+
+    images: tuple[str, ...]
+    instruction: str
+
+
+@dataclass(frozen=True)
+class Examples:
+    """A contestant's own example prompts (Generate) and edits (Edit), shown while it is the running model."""
+
+    prompts: tuple[str, ...] = ()
+    edits: tuple[EditExample, ...] = ()
+
+    def resolved(self, folder: Union[str, Path]) -> "Examples":
+        """The same examples with relative image paths taken relative to ``folder``; every image must exist."""
+        edits = []
+        for number, edit in enumerate(self.edits, start=1):
+            images = tuple(str((Path(folder) / image).absolute()) for image in edit.images)
+            missing = [image for image in images if not Path(image).is_file()]
+            if missing:
+                raise ValueError(f"examples.edits #{number}: image file(s) {missing} do not exist; image paths are "
+                                 f"relative to the registry's folder {Path(folder)}.")
+            edits.append(replace(edit, images=images))
+        return replace(self, edits=tuple(edits))
+
+
+def _example_text(value: Any, where: str) -> str:
+    if not isinstance(value, str) or not value.strip() or len(value) > MAX_EXAMPLE_CHARS:
+        raise ValueError(f"{where} must be a non-empty string of at most {MAX_EXAMPLE_CHARS} characters, "
+                         f"got {value!r:.80}.")
+    return value
+
+
+def parse_examples(data: Any, where: str = "examples") -> Examples:
+    """Check and convert a registry's ``examples`` mapping::
+
+        examples:
+          prompts: ["a large red square at the top", ...]
+          edits:
+            - {image: assets/examples/nano/two-shapes.png, instruction: "make the square yellow"}
+            - {image: [first.png, second.png], instruction: "..."}   # several reference images
+
+    Raises ``ValueError`` naming the entry at fault.
+    """
+    if isinstance(data, Examples):
+        return data
+    if not isinstance(data, dict):
+        raise ValueError(f"{where} must be a mapping with 'prompts' and/or 'edits', got {type(data).__name__}.")
+    unknown = sorted(set(data) - set(EXAMPLES_KEYS))
+    if unknown:
+        raise ValueError(f"{where} has unknown keys {unknown}; expected {list(EXAMPLES_KEYS)}.")
+    prompts, edits = data.get("prompts") or [], data.get("edits") or []
+    if not isinstance(prompts, list) or not isinstance(edits, list):
+        raise ValueError(f"{where}.prompts and {where}.edits must be lists.")
+    parsed = []
+    for number, edit in enumerate(edits, start=1):
+        at = f"{where}.edits #{number}"
+        if not isinstance(edit, dict) or set(edit) != set(EDIT_EXAMPLE_KEYS):
+            raise ValueError(f"{at} must be a mapping with exactly {list(EDIT_EXAMPLE_KEYS)}, got {edit!r:.120}.")
+        images = edit["image"] if isinstance(edit["image"], list) else [edit["image"]]
+        if not 1 <= len(images) <= MAX_REFERENCE_IMAGES:
+            raise ValueError(f"{at}: image must be one path or a list of 1-{MAX_REFERENCE_IMAGES} paths.")
+        parsed.append(EditExample(tuple(_example_text(image, f"{at} image") for image in images),
+                                  _example_text(edit["instruction"], f"{at} instruction")))
+    return Examples(tuple(_example_text(prompt, f"{where}.prompts #{n}") for n, prompt in enumerate(prompts, 1)),
+                    tuple(parsed))
 
 
 @dataclass
@@ -59,6 +132,9 @@ class Contestant:
         gpu_load_seconds: seconds to load it inside a GPU call when it is not loaded yet.
         preload: load at start-up (the running model always is).
         note: a line shown next to it (license, gating, …).
+        examples: its own example prompts and edits (:func:`parse_examples`), shown while it is the running
+            model; ``None``: the app's shipped examples. :func:`load_registry` resolves their image paths
+            relative to the registry's folder.
     """
 
     id: str
@@ -81,6 +157,7 @@ class Contestant:
     gpu_load_seconds: float = 60.0
     preload: bool = False
     note: str = ""
+    examples: Optional[Examples] = None
 
     def __post_init__(self) -> None:
         where = f"contestant {self.id!r}"
@@ -103,6 +180,8 @@ class Contestant:
             raise ValueError(f"{where}: steps must be in [1, {MAX_STEPS}] and guidance in [0, {MAX_GUIDANCE}].")
         if int(self.max_reference_images) < 1:
             raise ValueError(f"{where}: max_reference_images must be at least 1.")
+        if self.examples is not None:
+            self.examples = parse_examples(self.examples, f"{where}: examples")
 
     def _check_pipeline_class(self, where: str) -> None:
         import diffusers
@@ -143,9 +222,14 @@ def load_registry(path: Union[str, Path]) -> list[Contestant]:
         if unknown:
             raise ValueError(f"{path}: contestant #{index + 1} has unknown fields {unknown}; known: {sorted(known)}.")
         try:
-            contestants.append(Contestant(**entry))
+            contestant = Contestant(**entry)
+            if contestant.examples is not None:
+                contestant.examples = contestant.examples.resolved(path.parent)
         except TypeError as error:  # a required field is missing
             raise ValueError(f"{path}: contestant #{index + 1}: {error}") from error
+        except ValueError as error:
+            raise ValueError(f"{path}: contestant #{index + 1} ({entry.get('id')!r}): {error}") from error
+        contestants.append(contestant)
     ids = [c.id for c in contestants]
     duplicates = sorted({i for i in ids if ids.count(i) > 1})
     if duplicates:

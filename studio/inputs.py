@@ -215,9 +215,17 @@ def parse_prompt_file(path: Any) -> list[PromptItem]:
     return items
 
 
-def load_examples(folder: Path = EXAMPLES_DIR) -> tuple[list[str], list[tuple[list[str], str]]]:
-    """Generate prompts and Edit examples ((image paths, instruction) pairs) from ``examples.json`` written by
-    ``assets/make_examples.py``; empty lists when the folder is absent."""
+def load_examples(folder: Path = EXAMPLES_DIR, contestant: Optional[Contestant] = None
+                  ) -> tuple[list[str], list[tuple[list[str], str]]]:
+    """Generate prompts and Edit examples ((image paths, instruction) pairs) for the page.
+
+    The running ``contestant``'s own ``examples`` (``contestants.yaml``) when it has them, else the shipped ones
+    from ``folder``'s ``examples.json`` written by ``assets/make_examples.py``; empty lists when that is absent.
+    """
+    if contestant is not None and contestant.examples is not None:
+        examples = contestant.examples
+        return list(examples.prompts), [(list(edit.images), edit.instruction) for edit in examples.edits
+                                        if all(Path(image).is_file() for image in edit.images)]
     index = Path(folder) / "examples.json"
     if not index.is_file():
         return [], []

@@ -106,3 +106,12 @@ def test_compare_cli_pairs_two_models_on_the_same_samples(tiny_pipe, tmp_path, m
     assert "| **overall** | 10 |" in table and "+0.000 | [+0.000, +0.000] |" in table  # same model, same samples
     with pytest.raises(ValueError, match="different settings \\(eval_seed\\)"):
         compare_evals.load_pairs([tmp_path / "a.json"], [tmp_path / "other.json"])
+
+
+def test_plain_prompts_are_scored_apart_from_the_capabilities(tiny_pipe):
+    without = evaluate.evaluate_pipeline(tiny_pipe, per_capability=2, steps=1, size=32)
+    results = evaluate.evaluate_pipeline(tiny_pipe, per_capability=2, steps=1, size=32, plain=3)
+    plain = results["subsets"].pop("plain")
+    assert plain["n"] == 3 and set(plain) == {"n", "colour", "shape", "count", "overall", "correct"}
+    # The five capabilities' samples, images and scores are exactly those of a run without plain prompts.
+    assert results == without

@@ -61,3 +61,6 @@ def test_world_rewards_and_prompt_source_are_registered_by_name():
     assert [p.text for p in pool] == [s.prompt for s in world.dataset("eval", 6, seed=2, capabilities=["editing"])]
     assert all(p.images[0].size == (32, 32) and p.metadata["capability"] == "editing" for p in pool)
     assert prompts.world_prompts("train", 16, samples=2)[0].metadata == world.dataset("train", 2)[0].metadata
+    plain = prompts.world_prompts("train", 16, samples=40, capabilities=["generation"], prompt_version=2)
+    assert [p.text for p in plain] == [s.prompt for s in world.dataset("train", 40, capabilities=["generation"],
+                                                                       prompt_version=2)]

@@ -1,7 +1,9 @@
-"""train/nano/run_all.sh, dry-run: each profile's commands, in order, with ``python`` replaced by a recorder."""
+"""train/nano/run_all.sh: each profile's commands, in order, with ``python`` replaced by a recorder (dry runs), and
+the smoke profile run for real: every script of the recipe, a step or two each."""
 
 from __future__ import annotations
 
+import json
 import os
 import shutil
 import stat
@@ -10,13 +12,15 @@ from pathlib import Path
 
 import pytest
 
+from deepgen.nano import world
+
 REPO = Path(__file__).resolve().parents[1]
 SCRIPT = REPO / "train" / "nano" / "run_all.sh"
 
 pytestmark = pytest.mark.skipif(shutil.which("bash") is None, reason="run_all.sh needs bash")
 
 
-def dry_run(tmp_path: Path, profile: str) -> subprocess.CompletedProcess:
+def dry_run(tmp_path: Path, profile: str, **variables: str) -> subprocess.CompletedProcess:
     """Run a copy of the script in ``tmp_path`` (so its folders land there) with a ``python`` that logs argv."""
     (tmp_path / "train" / "nano").mkdir(parents=True)
     shutil.copy(SCRIPT, tmp_path / "train" / "nano" / "run_all.sh")
@@ -26,7 +30,10 @@ def dry_run(tmp_path: Path, profile: str) -> subprocess.CompletedProcess:
     fake.write_text('#!/bin/sh\necho "$OMP_NUM_THREADS $*" >> "$CALLS"\n')
     fake.chmod(fake.stat().st_mode | stat.S_IEXEC)
     env = {**os.environ, "PATH": f"{bin_dir}{os.pathsep}{os.environ['PATH']}", "PROFILE": profile,
-           "CALLS": str(tmp_path / "calls.txt")}
+           "CALLS": str(tmp_path / "calls.txt"), **variables}
+    for name in ("RUNS", "ASSETS"):
+        if name not in variables:
+            env.pop(name, None)
     return subprocess.run(["bash", str(tmp_path / "train" / "nano" / "run_all.sh")], check=False, env=env,
                           capture_output=True, text=True, timeout=60)
 
@@ -76,5 +83,55 @@ def test_full_profile_ships_and_runs_stage3(tmp_path):
 def test_unknown_profile_is_refused(tmp_path):
     result = dry_run(tmp_path, "weekend")
     assert result.returncode == 2
-    assert "PROFILE must be 'full' or 'hour', got 'weekend'" in result.stderr
+    assert "PROFILE must be 'full', 'hour' or 'smoke', got 'weekend'" in result.stderr
     assert not (tmp_path / "calls.txt").exists()
+
+
+def test_smoke_profile_never_ships_into_the_builtin_models(tmp_path):
+    result = dry_run(tmp_path, "smoke", ASSETS="deepgen/assets/")
+    assert result.returncode == 2
+    assert "never ships into deepgen/assets" in result.stderr
+    assert not (tmp_path / "calls.txt").exists()
+
+
+def test_smoke_profile_dry_run_ships_into_its_own_folder(tmp_path):
+    assert dry_run(tmp_path, "smoke", RUNS="out").returncode == 0
+    steps = [" ".join(args) for args in calls(tmp_path)]
+    ships = [step.split()[-1] for step in steps if "ship.py" in step]
+    assert ships == ["out/assets/deepgen-nano-stage1", "out/assets/deepgen-nano-sft", "out/assets/deepgen-nano-rl"]
+    assert any("stage3_grpo.py" in step and "model.pretrained=out/assets/deepgen-nano-sft" in step for step in steps)
+
+
+def _tree_state(folder: Path) -> dict[str, tuple[int, int]]:
+    return {str(p.relative_to(folder)): (p.stat().st_size, p.stat().st_mtime_ns) for p in folder.rglob("*")}
+
+
+@pytest.mark.slow
+def test_smoke_profile_runs_every_script_for_real(tmp_path):
+    """~20 real processes (data, VAE/VLM/DiT pretraining, assembly, stages 1-3, shipping, evaluation, tables)."""
+    runs = tmp_path / "runs"
+    assets = REPO / "deepgen" / "assets"
+    before = _tree_state(assets)
+    env = {**os.environ, "PROFILE": "smoke", "RUNS": str(runs), "PYTHONPATH": str(REPO)}
+    env.pop("ASSETS", None)
+    result = subprocess.run(["bash", str(SCRIPT)], check=False, env=env, capture_output=True, text=True,
+                            timeout=1200)
+    assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
+    expected = ["data/train-00000.parquet", "vae/config.json", "vae/reconstruction_shapeeval.json",
+                "vae-decoder/config.json", "vlm/config.json", "vlm/answer_accuracy.json",
+                "dit/transformer/config.json", "dit/standin_shapeeval.json", "base/model_index.json",
+                "stage1/final/model_index.json", "sft/final/model_index.json",
+                "rl-s0/final/model_index.json", "rl-s1/final/model_index.json", "rl-s2/final/model_index.json",
+                "rl-avg/model_index.json", "eval/base.json", "eval/stage1.json", "eval/sft.json", "eval/rl.json",
+                "eval/results.md"]
+    expected += [f"assets/deepgen-nano-{stage}/model_index.json" for stage in ("stage1", "sft", "rl")]
+    missing = [path for path in expected if not (runs / path).is_file()]
+    assert not missing, missing
+    for name in ("base", "stage1", "sft", "rl"):
+        scores = json.loads((runs / "eval" / f"{name}.json").read_text())
+        assert set(scores["capabilities"]) == set(world.CAPABILITIES)
+    table = (runs / "eval" / "results.md").read_text().splitlines()
+    assert table[0].startswith("| model |")
+    assert [row.split("|")[1].strip() for row in table[2:]] == [
+        "base (fresh bridge)", "stage 1", "stage 2 (SFT)", "reference: base DiT + its stand-in text encoder"]
+    assert _tree_state(assets) == before  # the built-in models are untouched

@@ -6,6 +6,7 @@ from pathlib import Path
 
 import pytest
 
+from deepgen.contestants import Contestant
 from studio.inputs import load_examples, parse_prompt_file
 from studio.settings import MAX_BATCH_PROMPTS, StudioInputError
 
@@ -78,3 +79,16 @@ def test_contestant_selections_are_lists_of_ids(selected, message):
     from studio.inputs import contestant_problems
 
     assert message in contestant_problems(selected, {"tiny": None, "other": None})
+
+
+def test_the_running_models_own_examples_replace_the_shipped_ones(tmp_path):
+    source = tmp_path / "source.png"
+    source.write_bytes((Path(__file__).resolve().parents[1] / "assets" / "examples" / "red-circle.png").read_bytes())
+    own = Contestant(id="x", label="X", kind="deepgen", source="tiny", examples={
+        "prompts": ["a large red square at the top"],
+        "edits": [{"image": str(source), "instruction": "make the square blue"},
+                  {"image": str(tmp_path / "gone.png"), "instruction": "erase the square"}]})
+    assert load_examples(contestant=own) == (["a large red square at the top"],
+                                             [([str(source)], "make the square blue")])
+    plain = Contestant(id="y", label="Y", kind="deepgen", source="tiny")
+    assert load_examples(contestant=plain) == load_examples()

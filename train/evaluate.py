@@ -6,7 +6,10 @@ is regenerated from its seed (``deepgen.nano.world.dataset("eval", ...)``) and o
 never occur in training. Besides the five capabilities, ``generation_single`` reports the single-object
 generation prompts alone (the issue's "colour and shape of single-object prompts" target), and
 ``generation_single/<colour> <shape>`` the same per (shape, colour) pair, which shows where it fails;
-``editing/<operation>`` and ``reasoning_editing/<operation>`` split the edits by operation. ``--split train``
+``editing/<operation>`` and ``reasoning_editing/<operation>`` split the edits by operation, and ``plain`` scores
+``--plain`` extra plain prompts (``deepgen.nano.world.plain_samples``: one object, no size or position, "a red
+circle") for colour, shape and count = 1; they are generated apart from the five capabilities' samples, so those
+score exactly as before. ``--split train``
 scores prompts of the training split instead (fresh samples of the pairs the model was trained on), which
 measures how much of the held-out gap is compositional generalisation. ``--capabilities`` restricts the samples
 to some capabilities (e.g. many generation prompts, to read single-object accuracy per pair).
@@ -57,8 +60,11 @@ def generate(pipe: DeepGenPipeline, samples: list[world.Sample], size: int = 64,
 def evaluate_pipeline(pipe: DeepGenPipeline, per_capability: int = 100, steps: int = 12,
                       guidance_scale: float = 3.0, eval_seed: int = 0, seed: int = 0,
                       batch_size: int = 50, size: int = 64, split: str = "eval",
-                      capabilities: tuple[str, ...] = world.CAPABILITIES) -> dict[str, Any]:
+                      capabilities: tuple[str, ...] = world.CAPABILITIES, plain: int = 0) -> dict[str, Any]:
     """Generate and score ``per_capability`` samples of each of ``capabilities`` of the world's ``split``.
+
+    ``plain`` more samples (:func:`deepgen.nano.world.plain_samples` of ``split``, seed ``eval_seed``) are
+    generated on their own and scored as ``subsets["plain"]`` (colour, shape, count); they change nothing else.
 
     Returns:
         :func:`deepgen.nano.shapeeval.evaluate_dataset`'s results plus ``subsets["generation_single"]``: the scores of
@@ -87,6 +93,10 @@ def evaluate_pipeline(pipe: DeepGenPipeline, per_capability: int = 100, steps: i
                 operations.setdefault(s.metadata["operation"], []).append((image, s))
         for operation in sorted(operations):
             subsets[f"{capability}/{operation}"] = _scores(operations[operation], capability)
+    if plain:
+        plain_samples = world.plain_samples(split, plain, seed=eval_seed)
+        plain_images = generate(pipe, plain_samples, size, steps, guidance_scale, batch_size, seed)
+        subsets["plain"] = _scores(list(zip(plain_images, plain_samples)), "generation")
     if subsets:
         results["subsets"] = subsets
     return results
@@ -109,6 +119,9 @@ def main() -> None:
     parser.add_argument("--eval-seed", type=int, default=0, help="seed of the sampled split")
     parser.add_argument("--capabilities", nargs="+", choices=world.CAPABILITIES, default=list(world.CAPABILITIES),
                         help="score only these capabilities (default: all five)")
+    parser.add_argument("--plain", type=int, default=None,
+                        help="plain prompts ('a red circle') scored as the 'plain' subset (default: --per-capability; "
+                             "0: none)")
     parser.add_argument("--seed", type=int, default=0, help="seed of the sampling noise")
     parser.add_argument("--threads", type=int, default=None, help="torch CPU threads (default: torch's)")
     parser.add_argument("--out", type=Path, default=None, help="write the results here as JSON")
@@ -120,12 +133,14 @@ def main() -> None:
     pipe.set_progress_bar_config(disable=True)
     tic = time.time()
     results = evaluate_pipeline(pipe, args.per_capability, args.steps, args.guidance_scale, args.eval_seed,
-                                args.seed, args.batch_size, args.size, args.split, tuple(args.capabilities))
+                                args.seed, args.batch_size, args.size, args.split, tuple(args.capabilities),
+                                args.per_capability if args.plain is None else args.plain)
     elapsed = time.time() - tic
     print(shapeeval.format_table(results))
     for name, scores in results.get("subsets", {}).items():
         print(f"{name}: n={scores['n']} " + " ".join(f"{k}={v:.3f}" for k, v in scores.items() if k != "n"))
-    print(f"{len(args.capabilities) * args.per_capability} samples in {elapsed:.0f}s")
+    print(f"{len(args.capabilities) * args.per_capability + results.get('subsets', {}).get('plain', {}).get('n', 0)} "
+          f"samples in {elapsed:.0f}s")
     if args.out is not None:
         args.out.parent.mkdir(parents=True, exist_ok=True)
         record = {"model": str(args.model), "settings": {k: str(v) for k, v in vars(args).items()},

@@ -14,6 +14,16 @@ The five capabilities, in miniature:
 - ``reasoning_editing``: edits with indirect wording ("paint the circle the colour of the sun").
 - ``text_rendering``: one large digit or capital letter in a colour ("the digit 7 in red").
 
+Prompt versions. ``prompt_version=1`` (the default of :func:`sample` and :func:`dataset`) is the wording every
+committed model and evaluation was made with: a single-object prompt always states a size and a position, so the
+only prompts without them are pairs and counts, and a model trained on it reads a bare "a red circle" as "some red
+circles". ``prompt_version=2`` (:data:`LATEST_PROMPT_VERSION`, what ``train/nano/make_data.py`` writes) leaves
+out the size, the position or both in :data:`PLAIN_FRACTION` of single-object generation and reasoning prompts
+(the image still has them, at random; the metadata then does not check them) and words
+:data:`ONE_FRACTION` of those plain prompts with "one" instead of "a"/"an": "a"/"an"/"one" always means exactly
+one object. Version 1 draws are bit-identical to those made before version 2 existed. :func:`plain_samples`
+draws the plain prompts ShapeEval reports as its ``plain`` subset ("a red circle": colour, shape, count = 1).
+
 Held-out combinations. A (subject, colour) pair -- subject being a shape or a glyph -- is reserved for the
 ``eval`` split iff ``(index of subject + index of colour) % 4 == 0`` (indices into :data:`SHAPES` or
 :data:`GLYPHS` and :data:`OBJECT_COLOURS`), except the pairs of :data:`TRAINING_EXCEPTIONS`. For shapes that is
@@ -154,6 +164,14 @@ TEXT_TEMPLATES = ("the {kind} {glyph} in {colour}", "write the {kind} {glyph} in
 PAIR_TEMPLATE = "{first} and {second}"
 _ALL_TEMPLATES = (RECOLOUR_TEMPLATES + MOVE_TEMPLATES + REMOVE_TEMPLATES + ADD_TEMPLATES + BACKGROUND_TEMPLATES
                   + TEXT_TEMPLATES + (PAIR_TEMPLATE,))
+
+PROMPT_VERSIONS = (1, 2)
+LATEST_PROMPT_VERSION = 2
+# Version 2: share of single-object prompts that leave out size, position or both (a third each), and share of
+# those plain prompts that say "one" rather than "a"/"an".
+PLAIN_FRACTION = 0.3
+ONE_FRACTION = 0.25
+OMISSIONS = (("size",), ("position",), ("size", "position"))
 
 HELD_OUT_MODULUS = 4
 TRAINING_EXCEPTIONS = frozenset({("triangle", "yellow")})  # pairs the modular rule would hold out (module doc)
@@ -341,7 +359,9 @@ class Sample:
 # ---------------------------------------------------------------------------------------------------------------
 
 
-def _with_article(phrase: str) -> str:
+def _with_article(phrase: str, one: bool = False) -> str:
+    if one:
+        return "one " + phrase
     return ("an " if phrase[0] in "aeiou" else "a ") + phrase
 
 
@@ -354,15 +374,16 @@ def _colour_words(rng: random.Random, colour: str, indirect: bool) -> str:
 
 
 def _noun_phrase(rng: random.Random, shape: str, colour: str, size: Optional[str] = None,
-                 shape_indirect: bool = False, colour_indirect: bool = False) -> str:
-    """"a large red circle"; indirectly "a large shape with three corners in the colour of grass"."""
+                 shape_indirect: bool = False, colour_indirect: bool = False, one: bool = False) -> str:
+    """"a large red circle"; indirectly "a large shape with three corners in the colour of grass"; with ``one``,
+    "one large red circle"."""
     words = [size] if size else []
     if not colour_indirect:
         words.append(colour)
     words.append(_shape_words(rng, shape, shape_indirect))
     if colour_indirect:
         words.append("in " + _colour_words(rng, colour, True))
-    return _with_article(" ".join(words))
+    return _with_article(" ".join(words), one)
 
 
 def _indirection(rng: random.Random, indirect: bool) -> tuple[bool, bool]:
@@ -402,8 +423,35 @@ def _group(shape: str, colour: str, count: int = 1, size: Optional[str] = None,
     return {"shape": shape, "colour": colour, "count": count, "size": size, "position": position}
 
 
-def _sample_generation(rng: random.Random, split: str, indirect: bool) -> Sample:
-    """Single objects with size and position, counts of 2-3, or pairs of objects; reasoning uses single objects."""
+def _single_object(rng: random.Random, shape: str, colour: str, size: str, indirect: bool,
+                   omitted: tuple[str, ...], one: bool) -> tuple[str, list[ShapeSpec], dict[str, Any]]:
+    """Prompt, objects and metadata of one object; ``omitted`` names what the prompt leaves to the image."""
+    position = rng.choice(POSITIONS)
+    shape_indirect, colour_indirect = _indirection(rng, indirect)
+    stated_size = None if "size" in omitted else size
+    stated_position = None if "position" in omitted else position
+    prompt = _noun_phrase(rng, shape, colour, stated_size, shape_indirect, colour_indirect, one)
+    if stated_position is not None:
+        prompt += f" {POSITION_PHRASES[stated_position]}"
+    metadata: dict[str, Any] = {"groups": [_group(shape, colour, 1, stated_size, stated_position)]}
+    if indirect:
+        metadata["indirect"] = [name for name, flag in (("shape", shape_indirect), ("colour", colour_indirect))
+                                if flag]
+    if omitted:
+        metadata["omitted"] = list(omitted)
+    return prompt, [ShapeSpec(shape, colour, position, size)], metadata
+
+
+def _plain_wording(rng: random.Random, prompt_version: int) -> tuple[tuple[str, ...], bool]:
+    """(what a single-object prompt omits, whether it says "one"); version 1 draws nothing from ``rng``."""
+    if prompt_version == 1 or rng.random() >= PLAIN_FRACTION:
+        return (), False
+    return rng.choice(OMISSIONS), rng.random() < ONE_FRACTION
+
+
+def _sample_generation(rng: random.Random, split: str, indirect: bool, prompt_version: int = 1) -> Sample:
+    """Single objects (with size and position unless plain), counts of 2-3, or pairs of objects; reasoning uses
+    single objects."""
     capability = "reasoning_generation" if indirect else "generation"
     held_out = split == "eval"
     task = "single" if indirect else rng.choice(("single", "counting", "pair"))
@@ -412,15 +460,9 @@ def _sample_generation(rng: random.Random, split: str, indirect: bool) -> Sample
     size = rng.choice(SIZES)
     metadata: dict[str, Any] = {"capability": capability, "task": task, "background": DEFAULT_BACKGROUND}
     if task == "single":
-        position = rng.choice(POSITIONS)
-        shape_indirect, colour_indirect = _indirection(rng, indirect)
-        prompt = (f"{_noun_phrase(rng, shape, colour, size, shape_indirect, colour_indirect)} "
-                  f"{POSITION_PHRASES[position]}")
-        objects = [ShapeSpec(shape, colour, position, size)]
-        metadata["groups"] = [_group(shape, colour, 1, size, position)]
-        if indirect:
-            metadata["indirect"] = [name for name, flag in (("shape", shape_indirect), ("colour", colour_indirect))
-                                    if flag]
+        omitted, one = _plain_wording(rng, prompt_version)
+        prompt, objects, single = _single_object(rng, shape, colour, size, indirect, omitted, one)
+        metadata.update(single)
     elif task == "counting":
         count = rng.choice(tuple(NUMBER_WORDS))
         prompt = f"{NUMBER_WORDS[count]} {size} {colour} {SHAPE_PLURALS[shape]}"
@@ -446,7 +488,7 @@ def _edit_backgrounds(rng: random.Random, operation: str) -> tuple[str, str]:
     return source, rng.choice([bg for bg in BACKGROUND_COLOURS if bg != source])
 
 
-def _sample_edit(rng: random.Random, split: str, indirect: bool) -> Sample:
+def _sample_edit(rng: random.Random, split: str, indirect: bool, prompt_version: int = 1) -> Sample:
     """An edit triplet. Objects have distinct shapes, so "the circle" always names exactly one object.
 
     The edited object is the first source object (shapes and cells are drawn in random order), or the new one
@@ -505,7 +547,7 @@ def _sample_edit(rng: random.Random, split: str, indirect: bool) -> Sample:
     return Sample(capability, instruction, target, source, metadata)
 
 
-def _sample_text(rng: random.Random, split: str, indirect: bool) -> Sample:
+def _sample_text(rng: random.Random, split: str, indirect: bool, prompt_version: int = 1) -> Sample:
     glyph = rng.choice(GLYPHS)
     colour = _pick_colour(rng, glyph, split == "eval")
     kind = "digit" if glyph.isdigit() else "letter"
@@ -514,7 +556,8 @@ def _sample_text(rng: random.Random, split: str, indirect: bool) -> Sample:
     return Sample("text_rendering", prompt, Scene(glyph=GlyphSpec(glyph, colour)), metadata=metadata)
 
 
-_SAMPLERS: dict[str, tuple[Callable[[random.Random, str, bool], Sample], bool]] = {
+# sampler(rng, split, indirect, prompt_version); edits and text are worded the same in every prompt version.
+_SAMPLERS: dict[str, tuple[Callable[[random.Random, str, bool, int], Sample], bool]] = {
     "generation": (_sample_generation, False),
     "editing": (_sample_edit, False),
     "reasoning_generation": (_sample_generation, True),
@@ -523,25 +566,31 @@ _SAMPLERS: dict[str, tuple[Callable[[random.Random, str, bool], Sample], bool]] 
 }
 
 
-def sample(capability: str, rng: Union[int, random.Random], split: str = "train") -> Sample:
+def sample(capability: str, rng: Union[int, random.Random], split: str = "train", prompt_version: int = 1) -> Sample:
     """Draw one sample of ``capability`` from ``split``.
 
     Args:
         capability: one of :data:`CAPABILITIES`.
         rng: a seed or a ``random.Random``; the same seed always gives the same sample.
         split: "train" (no held-out combination anywhere) or "eval" (built around a held-out combination).
+        prompt_version: 1 (every single-object prompt states size and position; the draws of the committed
+            models and evaluations) or 2 (plain prompts too; see the module doc). Only generation and reasoning
+            generation differ; edits and text are the same in both.
     """
     _check_choice("capability", capability, CAPABILITIES)
     _check_choice("split", split, SPLITS)
+    _check_choice("prompt_version", prompt_version, PROMPT_VERSIONS)
     generator = rng if isinstance(rng, random.Random) else random.Random(rng)
     sampler, indirect = _SAMPLERS[capability]
-    return sampler(generator, split, indirect)
+    return sampler(generator, split, indirect, prompt_version)
 
 
-def dataset(split: str, n: int, seed: int = 0, capabilities: Sequence[str] = CAPABILITIES) -> list[Sample]:
-    """``n`` samples cycling through ``capabilities``, deterministic in (split, n, seed).
+def dataset(split: str, n: int, seed: int = 0, capabilities: Sequence[str] = CAPABILITIES,
+            prompt_version: int = 1) -> list[Sample]:
+    """``n`` samples cycling through ``capabilities``, deterministic in (split, n, seed, prompt_version).
 
-    Sample ``i`` depends only on (split, seed, i), so a smaller ``n`` gives a prefix of a larger one.
+    Sample ``i`` depends only on (split, seed, i, prompt_version), so a smaller ``n`` gives a prefix of a larger
+    one. ``prompt_version`` 1 (the default) reproduces every draw made before version 2 existed.
     """
     if not capabilities:
         raise ValueError(f"capabilities must name at least one of {CAPABILITIES}.")
@@ -549,8 +598,31 @@ def dataset(split: str, n: int, seed: int = 0, capabilities: Sequence[str] = CAP
         _check_choice("capability", capability, CAPABILITIES)
     if n < 0:
         raise ValueError(f"n must be a non-negative number of samples, got {n}.")
-    return [sample(capabilities[i % len(capabilities)], random.Random(f"shapeworld/{split}/{seed}/{i}"), split)
-            for i in range(n)]
+    return [sample(capabilities[i % len(capabilities)], random.Random(f"shapeworld/{split}/{seed}/{i}"), split,
+                   prompt_version) for i in range(n)]
+
+
+def plain_samples(split: str, n: int, seed: int = 0) -> list[Sample]:
+    """``n`` plain single-object generation prompts of ``split`` -- no size, no position: "a red circle", "one
+    blue square" -- scored for colour, shape and count = 1 (ShapeEval's ``plain`` subset).
+
+    Drawn from their own stream (sample ``i`` depends only on (split, seed, i)), so they never change the draws
+    of :func:`dataset`. In the ``eval`` split every (shape, colour) pair is held out.
+    """
+    _check_choice("split", split, SPLITS)
+    if n < 0:
+        raise ValueError(f"n must be a non-negative number of samples, got {n}.")
+    samples = []
+    for i in range(n):
+        rng = random.Random(f"shapeworld/{split}/{seed}/plain/{i}")
+        shape = rng.choice(SHAPES)
+        colour = _pick_colour(rng, shape, split == "eval")
+        one = rng.random() < ONE_FRACTION
+        prompt, objects, metadata = _single_object(rng, shape, colour, rng.choice(SIZES), False,
+                                                   ("size", "position"), one)
+        metadata = {"capability": "generation", "task": "plain", "background": DEFAULT_BACKGROUND, **metadata}
+        samples.append(Sample("generation", prompt, Scene(objects), metadata=metadata))
+    return samples
 
 
 def to_records(samples: Iterable[Sample], size: int = 64) -> list[dict[str, Any]]:
@@ -578,11 +650,14 @@ def write_parquet(samples: Sequence[Sample], path: Union[str, Path], size: int =
     return path
 
 
-def caption_corpus() -> list[str]:
-    """Every word and phrase a prompt can contain (sorted, unique), e.g. to train a tiny tokenizer."""
+def caption_corpus(prompt_version: int = 1) -> list[str]:
+    """Every word and phrase a prompt of ``prompt_version`` can contain (sorted, unique), e.g. to train a tiny
+    tokenizer. Version 2 adds "one"; the version 1 list is unchanged, so tokenizers trained on it stay the same
+    (a byte-level BPE still spells "one", in two pieces)."""
+    _check_choice("prompt_version", prompt_version, PROMPT_VERSIONS)
     phrases = set(SHAPES) | set(SHAPE_PLURALS.values()) | set(PALETTE) | set(SIZES) | set(POSITIONS)
     phrases |= set(POSITION_PHRASES.values()) | set(NUMBER_WORDS.values()) | set(GLYPHS) | {"digit", "letter"}
-    phrases |= {"a", "an", "in", "the colour of", "to the"}
+    phrases |= {"a", "an", "in", "the colour of", "to the"} | ({"one"} if prompt_version >= 2 else set())
     phrases |= {riddle for riddles in SHAPE_RIDDLES.values() for riddle in riddles}
     phrases |= {f"the colour of {thing}" for things in COLOUR_RIDDLES.values() for thing in things}
     for template in _ALL_TEMPLATES:

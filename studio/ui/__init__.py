@@ -23,7 +23,7 @@ def build_demo(studio: Studio, cache_examples: bool = False, examples_dir: Path 
                bench_root: Optional[Path] = None) -> gr.Blocks:
     """The Blocks app for ``studio``. ``cache_examples`` caches example outputs lazily (on first click);
     ``bench_root`` is the folder whose benchmark runs Compare can browse (None: not offered)."""
-    prompts, edit_examples = load_examples(examples_dir)
+    prompts, edit_examples = load_examples(examples_dir, studio.active)
     endpoints = Endpoints(studio)
     with gr.Blocks(title="DeepGen Studio", delete_cache=DELETE_CACHE) as demo:
         gr.Markdown("# DeepGen Studio\nDeepGen 1.0 image generation and editing, compared side by side.")

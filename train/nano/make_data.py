@@ -3,6 +3,8 @@
 Each row is one :func:`deepgen.nano.world.to_records` record: ``image`` (target), ``source_image`` (edits only),
 ``prompt`` (caption or instruction), ``capability`` and ``metadata`` (JSON). Only the ``train`` split is written;
 the evaluation split is regenerated from its seed by ``train/evaluate.py``, so it can never leak into training.
+Prompts are ``--prompt-version 2`` by default (some single-object prompts leave out size and/or position, "a red
+circle"; ``deepgen.nano.world``); ``--prompt-version 1`` rewrites the data the shipped models were trained on.
 
 Usage:
     python train/nano/make_data.py --out runs/nano/data --num-samples 40000 --shard-size 5000
@@ -29,10 +31,15 @@ def main(argv: Optional[Sequence[str]] = None) -> None:
     parser.add_argument("--shard-size", type=int, default=5000)
     parser.add_argument("--seed", type=int, default=0, help="world seed of the train split")
     parser.add_argument("--size", type=int, default=64, help="image side in pixels")
+    parser.add_argument("--prompt-version", type=int, choices=world.PROMPT_VERSIONS,
+                        default=world.LATEST_PROMPT_VERSION,
+                        help="world prompt wording (1: every single object has a size and position, the shipped "
+                             "models' data; 2: plain prompts too)")
     args = parser.parse_args(argv)
 
     args.out.mkdir(parents=True, exist_ok=True)
-    samples = world.dataset("train", args.num_samples, seed=args.seed, capabilities=MIXTURE)
+    samples = world.dataset("train", args.num_samples, seed=args.seed, capabilities=MIXTURE,
+                            prompt_version=args.prompt_version)
     for shard, start in enumerate(range(0, args.num_samples, args.shard_size)):
         shard_samples = samples[start:start + args.shard_size]
         path = world.write_parquet(shard_samples, args.out / f"train-{shard:05d}.parquet", size=args.size)

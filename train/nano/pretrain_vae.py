@@ -53,6 +53,8 @@ def main() -> None:
     parser.add_argument("--checkpoint-every", type=int, default=250)
     parser.add_argument("--threads", type=int, default=1)
     parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--eval-samples", type=int, default=200,
+                        help="held-out images whose reconstructions ShapeEval reads (0: skip)")
     args = parser.parse_args()
     set_threads(args.threads)
 
@@ -114,22 +116,22 @@ def main() -> None:
         if args.decoder_only:  # the encoder did not change: keep the scale the DiT was trained with
             shift, scale = vae.config.shift_factor, vae.config.scaling_factor
         else:
-            sample = pool[rng.choice(len(pool), 2048, replace=False)]
+            sample = pool[rng.choice(len(pool), min(2048, len(pool)), replace=False)]
             latents = torch.cat([vae.encode(to_tensor(sample[i:i + 256])).latent_dist.sample()
                                  for i in range(0, len(sample), 256)])
             shift, scale = latents.mean().item(), 1.0 / latents.std().item()
     vae.register_to_config(shift_factor=round(shift, 4), scaling_factor=round(scale, 4))
 
-    # ShapeEval on reconstructions of held-out targets: the ceiling any nano generator can reach.
-    eval_samples = world.dataset("eval", 200)
-    with torch.no_grad():
-        targets = np.stack([np.asarray(s.target_image(64)) for s in eval_samples])
-        recon = vae.decode(vae.encode(to_tensor(targets)).latent_dist.mode()).sample
-    recon = (127.5 * recon + 128.0).clamp(0, 255).to(torch.uint8).permute(0, 2, 3, 1).numpy()
-    results = shapeeval.evaluate_dataset(list(recon), eval_samples)
-    print(shapeeval.format_table(results), flush=True)
     vae.save_pretrained(args.out)
-    (args.out / "reconstruction_shapeeval.json").write_text(json.dumps(results, indent=2) + "\n")
+    if args.eval_samples:  # ShapeEval on reconstructions of held-out targets: the ceiling any nano generator reaches
+        eval_samples = world.dataset("eval", args.eval_samples)
+        with torch.no_grad():
+            targets = np.stack([np.asarray(s.target_image(64)) for s in eval_samples])
+            recon = vae.decode(vae.encode(to_tensor(targets)).latent_dist.mode()).sample
+        recon = (127.5 * recon + 128.0).clamp(0, 255).to(torch.uint8).permute(0, 2, 3, 1).numpy()
+        results = shapeeval.evaluate_dataset(list(recon), eval_samples)
+        print(shapeeval.format_table(results), flush=True)
+        (args.out / "reconstruction_shapeeval.json").write_text(json.dumps(results, indent=2) + "\n")
     print(f"saved {args.out} (shift {shift:.4f}, scale {scale:.4f})", flush=True)
 
 

@@ -174,7 +174,11 @@ def main() -> None:
     parser.add_argument("--checkpoint-every", type=int, default=250)
     parser.add_argument("--threads", type=int, default=1)
     parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--eval-per-task", type=int, default=50,
+                        help="held-out prompts per task for answer_accuracy.json")
     args = parser.parse_args()
+    if args.eval_per_task < 1:
+        parser.error(f"--eval-per-task must be at least 1, got {args.eval_per_task}")
     set_threads(args.threads)
 
     config = get_preset("nano")
@@ -215,7 +219,7 @@ def main() -> None:
             save_checkpoint(checkpoint_path, {"model": vlm.state_dict(), "optimizer": optimizer.state_dict(),
                                               "rng": sampler.rng.getstate(), "step": step + 1})
 
-    scores = evaluate_answers(vlm, tokenizer, vision)
+    scores = evaluate_answers(vlm, tokenizer, vision, args.eval_per_task)
     print("held-out exact match:", json.dumps(scores), flush=True)
     vlm.save_pretrained(args.out)
     tokenizer.save_pretrained(args.out)

@@ -1,11 +1,17 @@
 #!/usr/bin/env bash
 # The whole DeepGen-nano recipe, from an empty runs folder to evaluated checkpoints (train/nano/README.md).
-#   bash train/nano/run_all.sh              # PROFILE=full: the shipped budgets, shipped + stage 3 (docs/rl.md)
-#   PROFILE=hour bash train/nano/run_all.sh # every budget cut to fit about an hour on a 2-core CPU (runs/nano-hour)
+#   bash train/nano/run_all.sh               # PROFILE=full: the shipped budgets, shipped + stage 3 (docs/rl.md)
+#   PROFILE=hour bash train/nano/run_all.sh  # every budget cut to fit about an hour on a 2-core CPU (runs/nano-hour)
+#   PROFILE=smoke RUNS=/tmp/x bash train/nano/run_all.sh  # every script for real, 1-2 steps each (a few minutes)
 # full: the base DiT is the long step, 4 minutes on an H100 and about 4 hours on a 2-core CPU (pretrain_dit.py
 # trains on a GPU when one is present); it ends by shipping the built-in models and running stage 3.
 # hour: smaller VAE/VLM/DiT/stage-2 budgets (the DiT's schedule chosen by a search at that budget, docs/nano.md,
 # "The recipe in an hour"), no SCB ablation, no shipping, no stage 3: it shows the recipe end to end on a laptop.
+# smoke: 40 samples, 1-2 steps per script, one evaluation sample per capability: the hour profile's steps, then
+# shipping and stage 3 into $ASSETS (default $RUNS/assets; deepgen/assets is refused); tests/test_run_all.py runs
+# it. Its time is mostly the ~25 Python start-ups: 3-7 minutes on two cores shared with other work.
+# RUNS (the output folder, any profile) and ASSETS (where full and smoke ship; full: deepgen/assets) may be set in
+# the environment.
 # Every step resumes from its checkpoint when re-run, so a killed run continues where it stopped.
 # Two single-threaded jobs run side by side where steps are independent (this recipe targets a 2-core CPU).
 # It trains every component from scratch on the world's current split. The shipped models took a shorter path:
@@ -14,44 +20,70 @@ set -euo pipefail
 cd "$(dirname "$0")/../.."
 export OMP_NUM_THREADS=1
 PROFILE=${PROFILE:-full}
+# Per-profile extras, empty outside smoke: batch sizes and evaluation budgets the scripts otherwise default.
+VAE_EXTRA="" VLM_EXTRA="" DIT_EVAL="" STAGE_EXTRA="" RL_EXTRA=""
 case "$PROFILE" in
     full)
-        RUNS=runs/nano VAE_STEPS=1800 DECODER_STEPS=600 VLM_STEPS=2000 STAGE1_STEPS=4800 STAGE2_STEPS=4000
-        DIT="--steps 6000 --batch-size 256 --lr 1e-3" ;;
+        RUNS=${RUNS:-runs/nano} ASSETS=${ASSETS:-deepgen/assets} SHIP=1 ABLATION=1 NUM_SAMPLES=40000
+        VAE_STEPS=1800 DECODER_STEPS=600 VLM_STEPS=2000 STAGE1_STEPS=4800 STAGE2_STEPS=4000
+        DIT="--steps 6000 --batch-size 256 --lr 1e-3 --max-samples 35000"
+        EVAL_N=100 EVAL_STEPS=12 ;;
     hour)
-        RUNS=runs/nano-hour VAE_STEPS=1200 DECODER_STEPS=400 VLM_STEPS=1000 STAGE1_STEPS=2400 STAGE2_STEPS=2000
-        DIT="--steps 1800 --batch-size 64 --lr 3e-3" ;;
+        RUNS=${RUNS:-runs/nano-hour} ASSETS="" SHIP=0 ABLATION=0 NUM_SAMPLES=40000
+        VAE_STEPS=1200 DECODER_STEPS=400 VLM_STEPS=1000 STAGE1_STEPS=2400 STAGE2_STEPS=2000
+        DIT="--steps 1800 --batch-size 64 --lr 3e-3 --max-samples 35000"
+        EVAL_N=100 EVAL_STEPS=12 ;;
+    smoke)
+        RUNS=${RUNS:-runs/nano-smoke} SHIP=1 ABLATION=0 NUM_SAMPLES=40
+        ASSETS=${ASSETS:-$RUNS/assets}
+        VAE_STEPS=2 DECODER_STEPS=1 VLM_STEPS=2 STAGE1_STEPS=1 STAGE2_STEPS=1
+        DIT="--steps 2 --batch-size 4 --lr 1e-3 --max-samples 40"
+        EVAL_N=1 EVAL_STEPS=2
+        VAE_EXTRA="--batch-size 4 --eval-samples 5" VLM_EXTRA="--batch-size 4 --eval-per-task 2"
+        DIT_EVAL="--eval-per-capability 1 --eval-steps 2" STAGE_EXTRA="batch_size=2 log_every=1"
+        RL_EXTRA="max_steps=1 grpo.group_size=2 grpo.prompts_per_step=1 grpo.num_inference_steps=2"
+        RL_EXTRA="$RL_EXTRA grpo.updates_per_step=1 grpo.prompts.options.samples=8"
+        if [ "$(realpath -m "$ASSETS")" = "$(realpath -m deepgen/assets)" ]; then
+            echo "PROFILE=smoke never ships into deepgen/assets (the built-in models); set ASSETS to another folder" >&2
+            exit 2
+        fi ;;
     *)
-        echo "PROFILE must be 'full' or 'hour', got '$PROFILE'" >&2
+        echo "PROFILE must be 'full', 'hour' or 'smoke', got '$PROFILE'" >&2
         exit 2 ;;
 esac
-DIT="$DIT --max-samples 35000 --threads 2"
-EVAL="--per-capability 100 --steps 12 --guidance-scale 3.0 --threads 1"
-STAGE="data.sources.0.path=$RUNS/data"
+DIT="$DIT --threads 2"
+EVAL="--per-capability $EVAL_N --steps $EVAL_STEPS --guidance-scale 3.0 --threads 1"
+STAGE="data.sources.0.path=$RUNS/data $STAGE_EXTRA"
 mkdir -p "$RUNS/eval"
 SECONDS=0
 log() { echo "[run_all $PROFILE, $((SECONDS / 60)) min] $*"; }
+# A bare `wait` returns 0 even when a background job failed; wait for each job so that `set -e` stops the run.
+wait_all() {
+    local pid status=0
+    for pid in $(jobs -p); do wait "$pid" || status=$?; done
+    return $status
+}
 
 # 1. Data: the world's train split as parquet shards (the eval split is regenerated by train/evaluate.py).
-python train/nano/make_data.py --out "$RUNS/data" --num-samples 40000
+python train/nano/make_data.py --out "$RUNS/data" --num-samples $NUM_SAMPLES
 log "data written"
 
 # 2. Base components, standing in for Qwen2.5-VL-3B, SD3's VAE and UniPic2-SD3.5M-Kontext.
 #    The VAE, then its decoder alone fine-tuned without the object weighting (which makes objects bleed into the
 #    background; the encoder, and so the DiT's latent space, is unchanged), side by side with the VLM.
 {
-    python train/nano/pretrain_vae.py --data "$RUNS/data" --out "$RUNS/vae" --steps $VAE_STEPS --batch-size 16
+    python train/nano/pretrain_vae.py --data "$RUNS/data" --out "$RUNS/vae" --steps $VAE_STEPS --batch-size 16 $VAE_EXTRA
     python train/nano/pretrain_vae.py --data "$RUNS/data" --init "$RUNS/vae" --decoder-only \
-        --out "$RUNS/vae-decoder" --steps $DECODER_STEPS --lr 3e-4 --foreground-weight 2
+        --out "$RUNS/vae-decoder" --steps $DECODER_STEPS --lr 3e-4 --foreground-weight 2 $VAE_EXTRA
 } &
-python train/nano/pretrain_vlm.py --data "$RUNS/data" --out "$RUNS/vlm" --steps $VLM_STEPS &
-wait
+python train/nano/pretrain_vlm.py --data "$RUNS/data" --out "$RUNS/vlm" --steps $VLM_STEPS $VLM_EXTRA &
+wait_all
 log "VAE and VLM pretrained"
 # The DiT learns on the first VAE's latents; both cores (or the GPU).
 python train/nano/pretrain_dit.py --data "$RUNS/data" --vae "$RUNS/vae" --out "$RUNS/dit" $DIT --eval-per-capability 0
 log "DiT pretrained"
 # ShapeEval of the base DiT with its stand-in text encoder, decoded by the fine-tuned decoder.
-python train/nano/pretrain_dit.py --data "$RUNS/data" --vae "$RUNS/vae-decoder" --out "$RUNS/dit" $DIT
+python train/nano/pretrain_dit.py --data "$RUNS/data" --vae "$RUNS/vae-decoder" --out "$RUNS/dit" $DIT $DIT_EVAL
 
 # 3. Base pipelines: pretrained VLM + fresh SCB bridge + pretrained DiT/VAE; and the ablation (last layer only).
 BASE="--vlm $RUNS/vlm --dit $RUNS/dit/transformer --vae $RUNS/vae-decoder"
@@ -59,13 +91,13 @@ python train/nano/assemble_base.py $BASE --out "$RUNS/base"
 
 # 4. Stage 1 (alignment; VLM and DiT frozen); in the full profile beside its last-layer ablation, same budget.
 STAGE1="max_steps=$STAGE1_STEPS $STAGE"
-if [ "$PROFILE" = full ]; then
+if [ "$ABLATION" = 1 ]; then
     python train/nano/assemble_base.py $BASE --out "$RUNS/base-lastlayer" --scb-layers 6
     python train/stage1_align.py --config train/configs/nano-stage1.yaml $STAGE1 \
         model.pretrained="$RUNS/base" output_dir="$RUNS/stage1" &
     python train/stage1_align.py --config train/configs/nano-stage1.yaml $STAGE1 \
         model.pretrained="$RUNS/base-lastlayer" output_dir="$RUNS/ablation-stage1" &
-    wait
+    wait_all
 else
     OMP_NUM_THREADS=2 python train/stage1_align.py --config train/configs/nano-stage1.yaml $STAGE1 \
         model.pretrained="$RUNS/base" output_dir="$RUNS/stage1"
@@ -81,12 +113,12 @@ log "stage 2 done"
 # 6. Evaluate every stage on the held-out split and print docs/nano.md's table.
 python train/evaluate.py --model "$RUNS/base" $EVAL --out "$RUNS/eval/base.json" &
 python train/evaluate.py --model "$RUNS/stage1/final" $EVAL --out "$RUNS/eval/stage1.json" &
-wait
+wait_all
 ROWS=("base (fresh bridge)=$RUNS/eval/base.json" "stage 1=$RUNS/eval/stage1.json" "stage 2 (SFT)=$RUNS/eval/sft.json")
-if [ "$PROFILE" = full ]; then
+if [ "$ABLATION" = 1 ]; then
     python train/evaluate.py --model "$RUNS/sft/final" $EVAL --out "$RUNS/eval/sft.json" &
     python train/evaluate.py --model "$RUNS/ablation-stage1/final" $EVAL --out "$RUNS/eval/ablation-stage1.json" &
-    wait
+    wait_all
     # The same model on fresh prompts of the TRAIN split: how much of the held-out gap is compositional.
     python train/evaluate.py --model "$RUNS/sft/final" $EVAL --split train --eval-seed 7 \
         --out "$RUNS/eval/sft-train.json"
@@ -97,21 +129,21 @@ else
 fi
 log "evaluated"
 python train/nano/results_table.py "${ROWS[@]}" \
-    "reference: base DiT + its stand-in text encoder=$RUNS/dit/standin_shapeeval.json"
-[ "$PROFILE" = full ] || exit 0
+    "reference: base DiT + its stand-in text encoder=$RUNS/dit/standin_shapeeval.json" | tee "$RUNS/eval/results.md"
+[ "$SHIP" = 1 ] || exit 0
 
-# 7. Ship (float16) the stages as the built-in models.
-python train/nano/ship.py "$RUNS/stage1/final" deepgen/assets/deepgen-nano-stage1
-python train/nano/ship.py "$RUNS/sft/final" deepgen/assets/deepgen-nano-sft
+# 7. Ship (float16) the stages as the built-in models (into $ASSETS: deepgen/assets in the full profile).
+python train/nano/ship.py "$RUNS/stage1/final" "$ASSETS/deepgen-nano-stage1"
+python train/nano/ship.py "$RUNS/sft/final" "$ASSETS/deepgen-nano-sft"
 
 # 8. Stage 3 (MR-GRPO, docs/rl.md) from the shipped stage 2: three seeds, their weight average ships as deepgen-nano.
-RL="train/configs/nano-stage3.yaml $STAGE"
+RL="train/configs/nano-stage3.yaml $STAGE model.pretrained=$ASSETS/deepgen-nano-sft $RL_EXTRA"
 python train/stage3_grpo.py --config $RL seed=0 output_dir="$RUNS/rl-s0" &
 python train/stage3_grpo.py --config $RL seed=1 output_dir="$RUNS/rl-s1" &
-wait
+wait_all
 OMP_NUM_THREADS=2 python train/stage3_grpo.py --config $RL seed=2 output_dir="$RUNS/rl-s2"
 python train/average_checkpoints.py "$RUNS"/rl-s{0,1,2}/final --out "$RUNS/rl-avg"
-python train/nano/ship.py "$RUNS/rl-avg" deepgen/assets/deepgen-nano-rl
-python train/evaluate.py --model deepgen-nano $EVAL --out "$RUNS/eval/rl.json"
+python train/nano/ship.py "$RUNS/rl-avg" "$ASSETS/deepgen-nano-rl"
+python train/evaluate.py --model "$ASSETS/deepgen-nano-rl" $EVAL --out "$RUNS/eval/rl.json"
 python train/compare_evals.py --base "$RUNS/eval/sft.json" --candidate "$RUNS/eval/rl.json"
 log "stage 3 done"
