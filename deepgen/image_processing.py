@@ -166,6 +166,7 @@ def save_png(image: Image.Image, path: Path, settings: dict) -> None:
     try:
         with os.fdopen(fd, "wb") as handle:
             image.save(handle, format="PNG", pnginfo=png_metadata(settings))
+        os.chmod(tmp, 0o644)  # mkstemp makes the file owner-only; an image is an ordinary file to share
         os.replace(tmp, path)
     except BaseException:
         Path(tmp).unlink(missing_ok=True)

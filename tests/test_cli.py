@@ -28,6 +28,7 @@ def test_generate_writes_png_with_settings(tmp_path, capsys):
     settings = json.loads(text["deepgen"])
     assert settings["prompt"] == "a red circle" and settings["seed"] == 3 and settings["guidance"] == 2.5
     assert sorted(p.name for p in tmp_path.iterdir()) == ["x.png"], "temporary files were left behind"
+    assert (tmp_path / "x.png").stat().st_mode & 0o777 == 0o644  # readable like any other image, not owner-only
 
 
 def test_same_seed_same_image(tmp_path):
