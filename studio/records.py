@@ -6,9 +6,7 @@ a path); folders older than ``OUTPUT_TTL_S`` are pruned.
 
 from __future__ import annotations
 
-import importlib.metadata
 import json
-import platform
 import shutil
 import time
 import uuid
@@ -21,18 +19,13 @@ import torch
 from PIL import Image, ImageDraw, ImageOps
 
 from deepgen.contestants import LoadedModel
+from deepgen.environment import PACKAGES
+from deepgen.environment import environment_record as deepgen_environment_record
 from deepgen.memory import format_bytes
 
 OUTPUT_TTL_S = 3600  # task folders older than this are deleted (Gradio's own cache has delete_cache)
 
 ProgressFn = Callable[[int, int, str], None]  # (steps done, steps in total, description)
-
-
-def _version(package: str) -> Optional[str]:
-    try:
-        return importlib.metadata.version(package)
-    except importlib.metadata.PackageNotFoundError:
-        return None
 
 
 def public_source(source: str) -> str:
@@ -43,21 +36,8 @@ def public_source(source: str) -> str:
 
 
 def environment_record(device: torch.device) -> dict:
-    """Versions and device, for reproducibility records (the operating system's name, not its kernel build)."""
-    record = {
-        "python": platform.python_version(),
-        "platform": platform.system(),
-        "packages": {name: _version(name) for name in ("deepgen-studio", "torch", "diffusers", "transformers",
-                                                         "gradio", "huggingface_hub", "peft")},
-        "device": str(device),
-    }
-    if device.type == "cuda" and torch.cuda.is_available():
-        record["gpu"] = torch.cuda.get_device_name(device)
-        record["cuda"] = torch.version.cuda
-    else:
-        record["cpu"] = platform.processor() or platform.machine()
-        record["torch_threads"] = torch.get_num_threads()
-    return record
+    """Versions (the app's libraries included) and device, for the exports' reproducibility records."""
+    return deepgen_environment_record(device, (*PACKAGES, "gradio"))
 
 
 @dataclass

@@ -17,10 +17,8 @@ from __future__ import annotations
 
 import datetime
 import hashlib
-import importlib.metadata
 import json
 import logging
-import platform
 import sys
 import time
 from dataclasses import asdict, dataclass
@@ -30,13 +28,15 @@ from typing import Any, Callable, Hashable, Optional, Sequence, TypeVar
 import torch
 from PIL.PngImagePlugin import PngInfo
 
+from ..environment import PACKAGES as DEFAULT_PACKAGES
+from ..environment import environment_record
 from ..image_processing import to_rgb
 from .base import Benchmark, Item, RecordError, remove_partial_files, save_text
 
 logger = logging.getLogger(__name__)
 T = TypeVar("T")
 RECORD_VERSION = 1
-PACKAGES = ("deepgen-studio", "torch", "diffusers", "transformers", "accelerate", "datasets", "pillow")
+PACKAGES = (*DEFAULT_PACKAGES, "datasets", "pillow")
 
 
 @dataclass(frozen=True)
@@ -96,23 +96,8 @@ def read_items(benchmark: Benchmark, data: Path, skip_bad: bool) -> tuple[list[I
     return items, skipped
 
 
-def _version(package: str) -> Optional[str]:
-    try:
-        return importlib.metadata.version(package)
-    except importlib.metadata.PackageNotFoundError:
-        return None
-
-
 def environment(device: torch.device, num_processes: int) -> dict:
-    record = {"python": platform.python_version(), "platform": platform.platform(terse=True),
-              "packages": {name: _version(name) for name in PACKAGES}, "device": str(device),
-              "num_processes": num_processes}
-    if device.type == "cuda":
-        record["gpu"] = torch.cuda.get_device_name(device)
-        record["cuda"] = torch.version.cuda
-    else:
-        record["cpu"] = platform.processor() or platform.machine()
-    return record
+    return dict(environment_record(device, PACKAGES), num_processes=num_processes)
 
 
 def _now() -> str:
