@@ -10,6 +10,7 @@ installed version in the message when a release changes it again.
 
 from __future__ import annotations
 
+import functools
 import inspect
 
 import torch
@@ -34,6 +35,16 @@ def _unsupported(what: str) -> UnsupportedTransformersError:
     )
 
 
+@functools.lru_cache(maxsize=None)
+def _takes_token_types(model_class: type) -> bool:
+    """Whether this release's ``get_rope_index`` wants ``mm_token_type_ids`` (asked once per class, not per
+    forward); one without ``image_grid_thw`` is a signature this adapter does not know."""
+    parameters = inspect.signature(model_class.get_rope_index).parameters
+    if "image_grid_thw" not in parameters:
+        raise _unsupported(f"get_rope_index{inspect.signature(model_class.get_rope_index)} takes no image_grid_thw")
+    return "mm_token_type_ids" in parameters
+
+
 def mrope_position_ids(model: torch.nn.Module, input_ids: torch.Tensor, attention_mask: torch.Tensor,
                        image_grid_thw: torch.Tensor | None) -> torch.Tensor:
     """(3, R, T) multimodal RoPE positions of left-padded rows, pad slots at :data:`PAD_POSITION`.
@@ -43,18 +54,14 @@ def mrope_position_ids(model: torch.nn.Module, input_ids: torch.Tensor, attentio
         input_ids, attention_mask: (R, T); image slots hold ``config.image_token_id``.
         image_grid_thw: (num_images, 3) in the order the images appear, or None for text only.
     """
-    parameters = inspect.signature(model.get_rope_index).parameters
-    kwargs = {"image_grid_thw": image_grid_thw, "attention_mask": attention_mask}
-    if "mm_token_type_ids" in parameters:  # transformers >= 5: modalities come from the processor's type ids
-        kwargs["mm_token_type_ids"] = (input_ids == model.config.image_token_id).int() * IMAGE_TOKEN_TYPE
-    elif "image_grid_thw" not in parameters:
-        raise _unsupported(f"get_rope_index{inspect.signature(model.get_rope_index)} takes no image_grid_thw")
     if image_grid_thw is None:
         # Text only: transformers computes plain 1-D positions itself for forward(); do the same here so that
         # every release returns the same thing (some refuse get_rope_index without vision tokens).
-        positions = attention_mask.long().cumsum(-1) - 1
-        positions = positions.unsqueeze(0).expand(3, -1, -1)
+        positions = (attention_mask.long().cumsum(-1) - 1).unsqueeze(0).expand(3, -1, -1)
     else:
+        kwargs = {"image_grid_thw": image_grid_thw, "attention_mask": attention_mask}
+        if _takes_token_types(type(model)):  # transformers >= 5: modalities come from the processor's type ids
+            kwargs["mm_token_type_ids"] = (input_ids == model.config.image_token_id).int() * IMAGE_TOKEN_TYPE
         positions, _ = model.get_rope_index(input_ids, **kwargs)
     if positions.shape != (3, *input_ids.shape):
         raise _unsupported(f"get_rope_index returned shape {tuple(positions.shape)}, expected (3, R, T)")
