@@ -194,6 +194,15 @@ class Contestant:
     def torch_dtype(self, device: torch.device) -> torch.dtype:
         return default_dtype(device) if self.dtype == "auto" else DTYPES[self.dtype]
 
+    def negative_prompt_argument(self, negative_prompt: str) -> Optional[str]:
+        """What this pipeline's ``negative_prompt`` argument gets for ``negative_prompt`` (None: leave it out)."""
+        if self.guidance_argument == "true_cfg_scale":
+            # Qwen-Image's true CFG only runs when a negative prompt is given; " " is its documented empty one.
+            return negative_prompt or " "
+        if self.negative_prompt and (negative_prompt or self.kind == "deepgen"):
+            return negative_prompt
+        return None
+
     def describe(self) -> dict:
         """The fields an export records about the model (the revision is added once it is loaded)."""
         keys = ("id", "label", "kind", "source", "filename", "revision", "pipeline_class", "dtype")
@@ -330,11 +339,9 @@ class LoadedModel:
                                       generator=torch.Generator("cpu").manual_seed(seed),
                                       callback_on_step_end=callback)
         kwargs[c.guidance_argument] = guidance
-        if c.guidance_argument == "true_cfg_scale":
-            # Qwen-Image's true CFG only runs when a negative prompt is given; " " is its documented empty one.
-            kwargs["negative_prompt"] = negative_prompt or " "
-        elif c.negative_prompt and (negative_prompt or c.kind == "deepgen"):
-            kwargs["negative_prompt"] = negative_prompt
+        negative = c.negative_prompt_argument(negative_prompt)
+        if negative is not None:
+            kwargs["negative_prompt"] = negative
         if references:
             refs = references[: c.max_reference_images]
             kwargs["image"] = refs if len(refs) > 1 else refs[0]

@@ -56,20 +56,15 @@ class BenchModel:
         kwargs: dict[str, Any] = dict(prompt=list(prompts), height=height, width=width, num_inference_steps=steps,
                                       num_images_per_prompt=images_per_prompt, generator=list(generators))
         kwargs[contestant.guidance_argument] = guidance
-        if self.is_deepgen:
-            kwargs["negative_prompt"] = list(negative_prompts)
-            if sources is not None:
-                kwargs["image"] = [[source] for source in sources]
-        else:
-            if contestant.guidance_argument == "true_cfg_scale":
-                # Qwen-Image's true CFG runs only with a negative prompt; " " is its documented empty one.
-                kwargs["negative_prompt"] = [n or " " for n in negative_prompts]
-            elif contestant.negative_prompt and any(negative_prompts):
-                kwargs["negative_prompt"] = list(negative_prompts)
-            if sources is not None:
-                if len(sources) != 1:
-                    raise ValueError("Diffusers baselines edit one source per call; batch_key keeps edits apart.")
-                kwargs["image"] = sources[0]
+        negatives = [contestant.negative_prompt_argument(n) for n in negative_prompts]
+        if any(n is not None for n in negatives):
+            kwargs["negative_prompt"] = [n if n is not None else given for n, given in zip(negatives, negative_prompts)]
+        if sources is not None and self.is_deepgen:
+            kwargs["image"] = [[source] for source in sources]
+        elif sources is not None:
+            if len(sources) != 1:
+                raise ValueError("Diffusers baselines edit one source per call; batch_key keeps edits apart.")
+            kwargs["image"] = sources[0]
         return list(self.pipe(**kwargs).images)
 
 
