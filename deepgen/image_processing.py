@@ -8,12 +8,12 @@ import os
 import tempfile
 import warnings
 from pathlib import Path
-from typing import Union
+from typing import Optional, Union
 
 import numpy as np
 import torch
 import torch.nn.functional as F
-from PIL import Image
+from PIL import Image, ImageDraw, ImageOps
 from PIL.PngImagePlugin import PngInfo
 
 MAX_INPUT_PIXELS = 4096 * 4096  # larger uploads are refused before decoding (decompression bombs)
@@ -171,3 +171,19 @@ def save_png(image: Image.Image, path: Path, settings: dict) -> None:
     except BaseException:
         Path(tmp).unlink(missing_ok=True)
         raise
+
+
+def paste_tile(grid: Image.Image, path: Optional[Path], left: int, top: int, size: int,
+               missing: str = "") -> None:
+    """Paste the image at ``path`` centred in the ``size`` square at (``left``, ``top``) of a labelled grid,
+    small images enlarged with crisp pixels; ``path`` None draws a grey tile captioned ``missing``."""
+    draw = ImageDraw.Draw(grid)
+    if path is None:
+        draw.rectangle((left + 2, top + 2, left + size - 3, top + size - 3), fill=(220, 220, 220))
+        if missing:
+            draw.text((left + 8, top + size // 2), missing, fill="black")
+        return
+    with Image.open(path) as image:
+        small = max(image.size) < size
+        tile = ImageOps.contain(image.convert("RGB"), (size, size), Image.NEAREST if small else Image.LANCZOS)
+    grid.paste(tile, (left + (size - tile.width) // 2, top + (size - tile.height) // 2))

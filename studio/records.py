@@ -16,11 +16,12 @@ from pathlib import Path
 from typing import Callable, Optional
 
 import torch
-from PIL import Image, ImageDraw, ImageOps
+from PIL import Image, ImageDraw
 
 from deepgen.contestants import LoadedModel
 from deepgen.environment import PACKAGES
 from deepgen.environment import environment_record as deepgen_environment_record
+from deepgen.image_processing import paste_tile
 from deepgen.memory import format_bytes
 
 OUTPUT_TTL_S = 3600  # task folders older than this are deleted (Gradio's own cache has delete_cache)
@@ -149,16 +150,7 @@ def make_grid(cells: list[list[Optional[Path]]], row_labels: list[str], column_l
         if label_w:
             draw.text((4, label_h + r * cell_size + 4), row_labels[r][:24], fill="black")
         for c, path in enumerate(row):
-            x, y = label_w + c * cell_size, label_h + r * cell_size
-            if path is None:
-                draw.rectangle((x + 2, y + 2, x + cell_size - 3, y + cell_size - 3), fill=(220, 220, 220))
-                draw.text((x + 8, y + cell_size // 2), "unavailable", fill="black")
-                continue
-            with Image.open(path) as image:
-                small = max(image.size) < cell_size  # enlarge small images with crisp pixels
-                tile = ImageOps.contain(image.convert("RGB"), (cell_size, cell_size),
-                                        Image.NEAREST if small else Image.LANCZOS)
-            grid.paste(tile, (x + (cell_size - tile.width) // 2, y + (cell_size - tile.height) // 2))
+            paste_tile(grid, path, label_w + c * cell_size, label_h + r * cell_size, cell_size, "unavailable")
     return grid
 
 

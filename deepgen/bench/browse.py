@@ -16,7 +16,9 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Mapping, Optional, Sequence
 
-from PIL import Image, ImageDraw, ImageOps
+from PIL import Image, ImageDraw
+
+from ..image_processing import paste_tile
 
 ROOT_ENV = "DEEPGEN_BENCH_ROOT"
 MIN_RUNS, MAX_RUNS = 2, 4
@@ -185,14 +187,7 @@ def make_view_grid(runs: Sequence[RunFolder], rows: Sequence[ComparisonRow], cel
             path for run_outputs, width in zip(row.outputs, widths)
             for path in list(run_outputs) + [None] * (width - len(run_outputs))]
         for c, path in enumerate(tiles):
-            left, top = c * cell, y + text_h
-            if path is None:
-                draw.rectangle((left + 2, top + 2, left + cell - 3, top + cell - 3), fill=(225, 225, 225))
-                continue
-            with Image.open(path) as image:
-                tile = ImageOps.contain(image.convert("RGB"), (cell, cell),
-                                        Image.NEAREST if max(image.size) < cell else Image.LANCZOS)
-            grid.paste(tile, (left + (cell - tile.width) // 2, top + (cell - tile.height) // 2))
+            paste_tile(grid, path, c * cell, y + text_h, cell)
     return grid
 
 
