@@ -4,8 +4,6 @@ from __future__ import annotations
 
 import json
 import math
-import os
-import tempfile
 import warnings
 from pathlib import Path
 from typing import Optional, Union
@@ -15,6 +13,8 @@ import torch
 import torch.nn.functional as F
 from PIL import Image, ImageDraw, ImageOps
 from PIL.PngImagePlugin import PngInfo
+
+from .files import atomic_write
 
 MAX_INPUT_PIXELS = 4096 * 4096  # larger uploads are refused before decoding (decompression bombs)
 MIN_INPUT_SIDE = 16
@@ -161,16 +161,7 @@ def png_metadata(settings: dict) -> PngInfo:
 
 def save_png(image: Image.Image, path: Path, settings: dict) -> None:
     """Write a lossless PNG with ``settings`` embedded, atomically (no half-written file on failure)."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(suffix=".png", dir=path.parent, prefix=f".{path.stem}.")
-    try:
-        with os.fdopen(fd, "wb") as handle:
-            image.save(handle, format="PNG", pnginfo=png_metadata(settings))
-        os.chmod(tmp, 0o644)  # mkstemp makes the file owner-only; an image is an ordinary file to share
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
+    atomic_write(path, lambda handle: image.save(handle, format="PNG", pnginfo=png_metadata(settings)))
 
 
 def paste_tile(grid: Image.Image, path: Optional[Path], left: int, top: int, size: int,

@@ -8,14 +8,13 @@ and line it came from, and (2) writes an item's images in the exact layout its o
 from __future__ import annotations
 
 import json
-import os
-import tempfile
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable, Iterator, Optional, Sequence, Union
 
 from PIL import Image
 
+from ..files import atomic_write
 from ..pipeline import EDIT_NEGATIVE_PROMPT  # noqa: F401  (the edit benchmarks' default; re-exported)
 
 PARTIAL_SUFFIX = ".deepgen-partial"  # temp files; a rerun deletes leftovers of a killed job
@@ -261,25 +260,13 @@ def image_loader(root: Path, relative: Any, key: str, where: str) -> SourceFile:
 # --- writing helpers ------------------------------------------------------------------------------------------
 
 
-def atomic_write(path: Path, write: Callable[[Any], None], binary: bool = True) -> None:
-    """Write ``path`` through a temp file in the same folder, then rename: readers never see half a file."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=PARTIAL_SUFFIX)
-    try:
-        with os.fdopen(fd, "wb" if binary else "w", **({} if binary else {"encoding": "utf-8"})) as handle:
-            write(handle)
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-
-
 def save_png(image: Image.Image, path: Path, pnginfo: Any = None) -> None:
-    atomic_write(path, lambda handle: image.save(handle, format="PNG", pnginfo=pnginfo))
+    atomic_write(path, lambda handle: image.save(handle, format="PNG", pnginfo=pnginfo),
+                 temp_suffix=PARTIAL_SUFFIX)
 
 
 def save_text(text: str, path: Path) -> None:
-    atomic_write(path, lambda handle: handle.write(text), binary=False)
+    atomic_write(path, lambda handle: handle.write(text), binary=False, temp_suffix=PARTIAL_SUFFIX)
 
 
 def remove_partial_files(out: Path) -> int:
