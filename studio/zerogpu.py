@@ -1,7 +1,8 @@
 """ZeroGPU and Gradio glue: GPU durations, ``spaces.GPU`` where it exists, errors people can read, progress.
 
 :func:`gpu_task` is ``spaces.GPU(duration=...)`` on a ZeroGPU Space and a no-op elsewhere, with durations from
-:func:`estimate_gpu_seconds`; :func:`user_errors` turns failures into ``gr.Error`` so no traceback reaches the page.
+:meth:`studio.tasks.Studio.gpu_seconds` (over :func:`work_seconds`); :func:`user_errors` turns failures into
+``gr.Error`` so no traceback reaches the page.
 """
 
 from __future__ import annotations
@@ -58,20 +59,6 @@ def work_seconds(work: Sequence[tuple[Contestant, int, int]], width: Optional[in
 def clamp_gpu_seconds(seconds: float) -> int:
     """What a Space may ask ZeroGPU for."""
     return int(min(MAX_GPU_SECONDS, max(MIN_GPU_SECONDS, math.ceil(seconds))))
-
-
-def estimate_gpu_seconds(contestants: Sequence[Contestant], steps: Any, width: Any, height: Any,
-                         images_per_contestant: Any = 1, reference_images: int = 0,
-                         loaded: Callable[[str], bool] = lambda cid: True) -> int:
-    """Seconds of GPU to ask ZeroGPU for when every contestant runs ``steps`` x ``images_per_contestant``
-    (:func:`work_seconds`, clamped). Bad inputs (caught later by validation) fall back to the minimum."""
-    try:
-        work = [(c, int(steps), int(images_per_contestant)) for c in contestants]
-        seconds = work_seconds(work, int(width or DEFAULT_SIZE), int(height or DEFAULT_SIZE), int(reference_images),
-                               loaded)
-    except (TypeError, ValueError):
-        return MIN_GPU_SECONDS
-    return clamp_gpu_seconds(seconds)
 
 
 def gpu_task(duration: Callable[..., int]) -> Callable[[Callable], Callable]:

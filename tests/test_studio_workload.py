@@ -10,7 +10,7 @@ import pytest
 from studio import models
 from studio.settings import Settings, StudioInputError
 from studio.tasks import Studio
-from studio.zerogpu import GPU_OVERHEAD_S, GPU_SAFETY, MAX_GPU_SECONDS
+from studio.zerogpu import GPU_OVERHEAD_S, GPU_SAFETY, MAX_GPU_SECONDS, MIN_GPU_SECONDS
 
 FAST = dict(width=64, height=64, steps=1, guidance=4.0, seed=0)
 CONTESTANTS = ["tiny", "tiny-b", "tiny-c", "tiny-d"]
@@ -76,6 +76,11 @@ def test_recommended_settings_size_the_duration_by_each_contestants_steps(studio
     recommended = Settings.from_inputs("compare", contestants=["tiny", "tiny-b"], prompt="x",
                                        recommended_settings=True, **dict(base, steps=50))
     assert studio.gpu_seconds(recommended) == studio.gpu_seconds(plain)  # both contestants recommend 1 step
+
+
+def test_a_request_that_is_not_valid_yet_asks_for_the_minimum(studio):
+    bad = Settings.from_inputs("compare", contestants=["tiny", "tiny-b"], prompt="x", **dict(FAST, steps="bad"))
+    assert studio.gpu_seconds(bad) == MIN_GPU_SECONDS  # it is refused before it runs
 
 
 def test_a_request_too_large_for_one_turn_is_refused_with_a_message(studio):
