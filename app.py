@@ -85,6 +85,8 @@ def main(argv: Optional[Sequence[str]] = None) -> None:
         parser.error(f"--bench-root {args.bench_root} is not a folder.")
     studio = create_studio(args)
     demo = build_demo(studio, cache_examples=args.cache_examples, bench_root=args.bench_root)
+    # Gradio keeps timing analytics of the last N events for its monitoring page (10,000 by default, ~1 KB each).
+    os.environ.setdefault("GRADIO_ANALYTICS_MAX_EVENTS", "1000")
     demo.queue(max_size=args.queue_size, default_concurrency_limit=1)
     signal.signal(signal.SIGTERM, lambda signum, frame: sys.exit(0))  # `kill` also runs the clean-up below
     try:

@@ -6,12 +6,14 @@ Everything here reads files Gradio has already saved; user text never becomes a 
 from __future__ import annotations
 
 import io
+import ipaddress
 import json
 import os
 import struct
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, BinaryIO, Optional
+from urllib.parse import urlsplit
 
 from PIL import Image
 
@@ -21,7 +23,7 @@ from deepgen.memory import format_bytes
 
 from . import EXAMPLES_DIR
 from .settings import (MAX_BATCH_PROMPTS, MAX_CONTESTANTS, MAX_PROMPT_CHARS, MAX_REFERENCE_IMAGES, MAX_SEED,
-                       MIN_CONTESTANTS, StudioInputError, is_whole)
+                       MIN_CONTESTANTS, StudioInputError, is_whole, kind_of)
 
 MAX_UPLOAD_BYTES = 20 * 1024 * 1024  # also given to Gradio as launch(max_file_size=...)
 MAX_PROMPT_FILE_BYTES = 64 * 1024
@@ -42,6 +44,59 @@ def upload_path(item: Any) -> Optional[str]:
     if isinstance(item, dict):
         return item.get("path") or item.get("name")
     return getattr(item, "path", None) or getattr(item, "name", None)
+
+
+def _link_host_problem(url: str) -> Optional[str]:
+    """Why the server must not fetch ``url`` (None: its host is a public name or address)."""
+    try:
+        host = urlsplit(url).hostname or ""
+    except ValueError:
+        return "is not a valid link"
+    if not host:
+        return "is a link without a host"
+    if host == "localhost" or host.endswith((".localhost", ".local", ".internal")):
+        return f"is a link to this machine or its network ({host})"
+    try:
+        address = ipaddress.ip_address(host)
+    except ValueError:
+        return None  # a name: Gradio resolves it and refuses private addresses (studio.server.StudioBlocks)
+    if not address.is_global or address.is_multicast:
+        return f"is a link to a local or private address ({host})"
+    return None
+
+
+def file_payload_problem(label: str, value: Any, upload_root: Path, multiple: bool) -> Optional[str]:
+    """Why a file input's raw API value cannot be used, checked before Gradio moves anything (None: it can).
+
+    A file arrives as Gradio's file payload, ``{"path": ..., "meta": {"_type": "gradio.FileData"}}``, whose path is
+    either a file uploaded to this server (under ``upload_root``) or a public http(s) link; ``multiple`` inputs take
+    a list of them. Anything else (a path on the server, a link to a private address, text, numbers) is refused."""
+    if value is None or (multiple and isinstance(value, (list, tuple)) and not value):
+        return None
+    how = "gradio_client: handle_file(path)"
+    if multiple and not isinstance(value, (list, tuple)):
+        return f"{label} must be a list of uploaded files ({how}), got {kind_of(value)}."
+    items = list(value) if multiple else [value]
+    for number, item in enumerate(items, 1):
+        which = f"{label}: file {number}" if multiple else label
+        path = item.get("path") if isinstance(item, dict) else None
+        if not isinstance(path, str) or not path:
+            return f"{which} is not an uploaded file ({how}), got {kind_of(item)}."
+        if path.lower().startswith(("http://", "https://")):
+            problem = _link_host_problem(path)
+            if problem:
+                return f"{which} {problem}; this server fetches only public http(s) links."
+            continue
+        if "://" in path or not _is_within(Path(path), upload_root):
+            return f"{which} was not uploaded to this server; send the file itself ({how})."
+    return None
+
+
+def _is_within(path: Path, root: Path) -> bool:
+    try:
+        return Path(os.path.realpath(path)).is_relative_to(os.path.realpath(root))
+    except (OSError, ValueError):
+        return False
 
 
 def upload_paths(files: Any) -> list[str]:

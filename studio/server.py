@@ -6,7 +6,9 @@ leaves to the app:
 * :class:`BodySizeLimit`, ASGI middleware that refuses an oversized request with 413 before its body is read
   (by its ``Content-Length``, or while it streams in when there is none);
 * :func:`cache_janitor`, which removes the empty folders Gradio's cache clean-up leaves behind (one per uploaded or
-  served file), every ``delete_cache`` interval and at shutdown.
+  served file), every ``delete_cache`` interval and at shutdown;
+* :class:`StudioBlocks`, the page's ``gr.Blocks``, which checks the raw file payloads of an API call before Gradio
+  moves them into its cache, so that a forged path or a link to a private address gets a message of its own.
 """
 
 from __future__ import annotations
@@ -15,6 +17,7 @@ import asyncio
 import contextlib
 import json
 import os
+import re
 import time
 from pathlib import Path
 from typing import Any, AsyncIterator, Awaitable, Callable
@@ -22,7 +25,7 @@ from typing import Any, AsyncIterator, Awaitable, Callable
 import gradio as gr
 from starlette.middleware import Middleware
 
-from .inputs import MAX_UPLOAD_BYTES
+from .inputs import MAX_UPLOAD_BYTES, file_payload_problem, upload_paths
 from .settings import MAX_REFERENCE_IMAGES
 
 # Gradio keeps a copy of the page's config (~200 KB) for every session that called an event, up to
@@ -143,6 +146,47 @@ def cache_janitor(cache_dir: Path, frequency_s: int, age_s: int) -> Callable[[An
                 await task
 
     return lifespan
+
+
+class StudioBlocks(gr.Blocks):
+    """``gr.Blocks`` whose API calls get the app's own message for a bad file payload.
+
+    Gradio checks a file input's payload while moving it into its cache, before any event function runs, and its
+    refusals (a path that was not uploaded, a link to a private address, pydantic's text for a malformed payload)
+    reach a client as an empty error, since the app does not show raw exception text. The payloads of every
+    ``gr.File`` input are checked first (:func:`studio.inputs.file_payload_problem`), and a public link that Gradio
+    then cannot fetch is reported as such."""
+
+    def validate_inputs(self, block_fn: Any, inputs: list[Any]) -> None:
+        super().validate_inputs(block_fn, inputs)
+        for block, value in _file_inputs(block_fn, inputs):
+            problem = file_payload_problem(_field_name(block), value, Path(self.GRADIO_CACHE),
+                                           multiple=block.file_count != "single")
+            if problem:
+                raise gr.Error(problem, print_exception=False)
+
+    async def preprocess_data(self, block_fn: Any, inputs: list[Any], state: Any, explicit_call: bool = False) -> Any:
+        try:
+            return await super().preprocess_data(block_fn, inputs, state, explicit_call)
+        except gr.Error:
+            raise
+        except Exception as error:
+            for block, value in _file_inputs(block_fn, inputs):
+                links = [path for path in upload_paths(value) if path.lower().startswith(("http://", "https://"))]
+                if links:
+                    raise gr.Error(f"{_field_name(block)}: the link {links[0][:200]} could not be fetched (this "
+                                   "server fetches only public http(s) links to files); upload the file instead.",
+                                   print_exception=False) from error
+            raise
+
+
+def _file_inputs(block_fn: Any, inputs: list[Any]) -> list[tuple[gr.File, Any]]:
+    return [(block, value) for block, value in zip(block_fn.inputs, inputs) if isinstance(block, gr.File)]
+
+
+def _field_name(block: gr.File) -> str:
+    """A file input's label without its hints: "Images to edit (1-4)" -> "Images to edit"."""
+    return re.split(r"[:(]", block.label or "")[0].strip() or "The file"
 
 
 def launch(demo: gr.Blocks, *, max_sessions: int = MAX_SESSIONS, **kwargs: Any) -> None:

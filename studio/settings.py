@@ -58,7 +58,7 @@ _LABELS = {"follow_source": "Follow source", "recommended_settings": "Recommende
            "randomize_seed": "Randomize seed"}
 
 
-def _kind(value: Any) -> str:
+def kind_of(value: Any) -> str:
     """A value as a message shows it: numbers and short text as they are, anything else by its type."""
     if value is None or isinstance(value, (bool, int, float)):
         return repr(value)
@@ -169,38 +169,38 @@ class Settings:
         if self.task != "prompt_batch":
             if not isinstance(self.prompt, str):
                 what = "instruction" if self.task == "edit" else "prompt"
-                problems["prompt"] = f"The {what} must be text, got {_kind(self.prompt)}."
+                problems["prompt"] = f"The {what} must be text, got {kind_of(self.prompt)}."
             elif not self.prompt.strip():
                 problems["prompt"] = "The prompt is empty: describe the image (or the edit) you want."
             elif len(self.prompt) > MAX_PROMPT_CHARS:
                 problems["prompt"] = f"The prompt has {len(self.prompt)} characters; the limit is {MAX_PROMPT_CHARS}."
         if self.negative_prompt is not None and not isinstance(self.negative_prompt, str):
-            problems["negative_prompt"] = f"The negative prompt must be text, got {_kind(self.negative_prompt)}."
+            problems["negative_prompt"] = f"The negative prompt must be text, got {kind_of(self.negative_prompt)}."
         elif self.negative_prompt and len(self.negative_prompt) > MAX_PROMPT_CHARS:
             problems["negative_prompt"] = f"The negative prompt is longer than {MAX_PROMPT_CHARS} characters."
         for name in ("follow_source", "recommended_settings", "randomize_seed"):
             value = getattr(self, name)
             if not isinstance(value, bool) and not (name == "randomize_seed" and value is None):
-                problems[name] = f"{_LABELS[name]} must be true or false, got {_kind(value)}."
+                problems[name] = f"{_LABELS[name]} must be true or false, got {kind_of(value)}."
         if self.follow_source is not True:
             for name, value in (("width", self.width), ("height", self.height)):
                 if not is_whole(value) or not MIN_SIDE <= int(value) <= max_side or int(value) % 16:
                     problems[name] = (f"{name.capitalize()} must be a multiple of 16 between {MIN_SIDE} and "
-                                      f"{max_side} pixels, got {_kind(value)}.")
+                                      f"{max_side} pixels, got {kind_of(value)}.")
         if not is_whole(self.steps) or not 1 <= int(self.steps) <= MAX_STEPS:
-            problems["steps"] = f"Steps must be a whole number from 1 to {MAX_STEPS}, got {_kind(self.steps)}."
+            problems["steps"] = f"Steps must be a whole number from 1 to {MAX_STEPS}, got {kind_of(self.steps)}."
         guidance = self.guidance
         if not isinstance(guidance, (int, float)) or isinstance(guidance, bool) or not math.isfinite(guidance) \
                 or not 0 <= guidance <= MAX_GUIDANCE:
-            problems["guidance"] = f"Guidance must be a number from 0 to {MAX_GUIDANCE:g}, got {_kind(guidance)}."
+            problems["guidance"] = f"Guidance must be a number from 0 to {MAX_GUIDANCE:g}, got {kind_of(guidance)}."
         seed_required = self.randomize_seed is False or (self.randomize_seed is None and self.seed is not None)
         if seed_required and (not is_whole(self.seed) or not 0 <= int(self.seed) <= MAX_SEED):
-            problems["seed"] = f"The seed must be a whole number from 0 to {MAX_SEED}, got {_kind(self.seed)}."
+            problems["seed"] = f"The seed must be a whole number from 0 to {MAX_SEED}, got {kind_of(self.seed)}."
         if self.task == "seed_sweep":
             if not is_whole(self.count) or not 1 <= int(self.count) <= MAX_SWEEP_SEEDS:
-                problems["count"] = f"A seed sweep takes 1 to {MAX_SWEEP_SEEDS} seeds, got {_kind(self.count)}."
+                problems["count"] = f"A seed sweep takes 1 to {MAX_SWEEP_SEEDS} seeds, got {kind_of(self.count)}."
         elif not is_whole(self.count) or not 1 <= int(self.count) <= MAX_IMAGES:
-            problems["count"] = f"Ask for 1 to {MAX_IMAGES} images, got {_kind(self.count)}."
+            problems["count"] = f"Ask for 1 to {MAX_IMAGES} images, got {kind_of(self.count)}."
         return {self.input_name(field): message for field, message in problems.items()}
 
     def resolved(self) -> "Settings":

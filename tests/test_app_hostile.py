@@ -9,7 +9,9 @@ import json
 import os
 import signal
 import socket
+import time
 import uuid
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import httpx
@@ -101,11 +103,40 @@ def test_bad_inputs_get_the_same_message_through_raw_queue_join(server, changes,
     assert message in outcome and "Original error" not in outcome
 
 
+EDIT_REST = ["make it blue", "", True, 64, 64, 1, 4.0, 0, False, 1]
+FILE = {"_type": "gradio.FileData"}
+# (the Edit images' raw payload, the message); every link points at loopback, and none is ever connected to
+FORGED_FILES = [
+    ([{"path": "/etc/passwd", "meta": FILE}], "Images to edit: file 1 was not uploaded to this server"),
+    ([{"path": "file:///etc/passwd", "meta": FILE}], "Images to edit: file 1 was not uploaded to this server"),
+    ([{"path": 5, "meta": FILE}], "Images to edit: file 1 is not an uploaded file"),
+    (["/etc/passwd"], "Images to edit: file 1 is not an uploaded file"),
+    ({"path": "/etc/passwd", "meta": FILE}, "Images to edit must be a list of uploaded files"),
+    ([{"path": "http://127.0.0.2:9/x.png", "meta": FILE}], "is a link to a local or private address (127.0.0.2)"),
+    ([{"path": "http://[::1]:9/x.png", "meta": FILE}], "is a link to a local or private address (::1)"),
+    ([{"path": "http://localhost:9/x.png", "meta": FILE}], "is a link to this machine or its network"),
+    # a name Gradio itself resolves to loopback and refuses to fetch
+    ([{"path": "http://localhost.:9/x.png", "meta": FILE}], "the link http://localhost.:9/x.png could not be fetched"),
+]
+
+
+@pytest.mark.parametrize("payload, message", FORGED_FILES)
+def test_forged_file_payloads_and_blocked_links_say_so_through_raw_queue_join(server, payload, message):
+    outcome = join(server, fn_index(server, "edit"), [payload, *EDIT_REST])
+    assert message in outcome
+    assert list(server.temp.rglob("passwd")) == []
+
+
+def test_a_blocked_link_says_so_through_the_client(client):
+    with pytest.raises(Exception) as caught:
+        client.predict([handle_file("http://127.0.0.2:9/x.png")], *EDIT_REST, api_name="/edit")
+    assert "is a link to a local or private address (127.0.0.2)" in str(caught.value)
+
+
 def test_a_png_without_extension_is_edited(client, tmp_path):
     plain = tmp_path / "no-extension"
     plain.write_bytes(EXAMPLE.read_bytes())
-    slider, *_ = client.predict([handle_file(str(plain))], "make it blue", "", True, 64, 64, 1, 4.0, 0, False, 1,
-                                api_name="/edit")
+    slider, *_ = client.predict([handle_file(str(plain))], *EDIT_REST, api_name="/edit")
     assert slider[1]
 
 
@@ -157,12 +188,42 @@ def test_memory_stays_flat_across_1000_new_sessions(server):
     assert grown < 8
 
 
+@pytest.mark.slow
+def test_40_clients_are_all_served(server):
+    """40 concurrent ``gradio_client`` users, six /generate calls each: all 240 answered right, none refused."""
+    def user(index: int) -> list[int]:
+        client = Client(server.url, verbose=False)
+        return [client.predict(f"shape {index}", *dict(GENERATE, seed=100 * index + call).values(),
+                               api_name="/generate")[1] for call in range(6)]
+
+    started = time.perf_counter()
+    with ThreadPoolExecutor(max_workers=40) as pool:
+        seeds = list(pool.map(user, range(40)))
+    assert seeds == [[100 * index + call for call in range(6)] for index in range(40)]
+    print(f"240 /generate calls from 40 concurrent clients answered in {time.perf_counter() - started:.1f} s")
+    assert server.process.poll() is None
+
+
+@pytest.mark.slow
+def test_a_burst_of_100_joins_is_answered(server):
+    """100 raw ``queue/join`` calls at once, each from its own session: each one completes or, past the bounded
+    queue (``--queue-size``, 64), is refused at once with Gradio's "Queue is full"; then the app still serves."""
+    index = fn_index(server, "generate")
+    started = time.perf_counter()
+    with ThreadPoolExecutor(max_workers=100) as pool:
+        outcomes = list(pool.map(lambda n: join(server, index, [f"shape {n}", *GENERATE.values()]), range(100)))
+    served = outcomes.count("ok")
+    assert all(outcome == "ok" or "Queue is full" in outcome for outcome in outcomes) and served >= 64
+    print(f"100 simultaneous joins: {served} served, {100 - served} refused as the queue was full, "
+          f"in {time.perf_counter() - started:.1f} s")
+    assert Client(server.url, verbose=False).predict("a red circle", api_name="/generate")[0]
+
+
 def test_sigterm_leaves_the_temp_dir_empty(tmp_path):
     app = start(tmp_path)
     try:
         client = Client(app.url, verbose=False)
-        client.predict([handle_file(str(EXAMPLE))], "make it blue", "", True, 64, 64, 1, 4.0, 0, False, 1,
-                       api_name="/edit")
+        client.predict([handle_file(str(EXAMPLE))], *EDIT_REST, api_name="/edit")
         assert any(app.temp.rglob("*"))
     finally:
         app.process.send_signal(signal.SIGTERM)

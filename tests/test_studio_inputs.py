@@ -7,7 +7,7 @@ from pathlib import Path
 import pytest
 
 from deepgen.contestants import Contestant
-from studio.inputs import load_examples, parse_prompt_file
+from studio.inputs import file_payload_problem, load_examples, parse_prompt_file
 from studio.settings import MAX_BATCH_PROMPTS, StudioInputError
 
 
@@ -92,3 +92,45 @@ def test_the_running_models_own_examples_replace_the_shipped_ones(tmp_path):
                                              [([str(source)], "make the square blue")])
     plain = Contestant(id="y", label="Y", kind="deepgen", source="tiny")
     assert load_examples(contestant=plain) == load_examples()
+
+
+FILE = {"_type": "gradio.FileData"}
+
+
+@pytest.mark.parametrize("value, message", [
+    (None, None),
+    ([], None),
+    ([{"path": "UPLOADED", "meta": FILE}], None),
+    ([{"path": "https://93.184.215.14/x.png", "meta": FILE}], None),  # public: Gradio fetches it (never here)
+    ([{"path": "https://example.org/x.png", "meta": FILE}], None),  # a name: Gradio resolves and checks it
+    ("/etc/passwd", "Images must be a list of uploaded files (gradio_client: handle_file(path)), got '/etc/passwd'."),
+    ([{"path": "/etc/passwd", "meta": FILE}], "Images: file 1 was not uploaded to this server"),
+    ([{"path": "UPLOADED/../../secret", "meta": FILE}], "Images: file 1 was not uploaded to this server"),
+    ([{"path": "UPLOADED", "meta": FILE}, {"path": None}], "Images: file 2 is not an uploaded file"),
+    ([{"path": "ftp://127.0.0.1/x.png", "meta": FILE}], "file 1 was not uploaded to this server"),
+    ([{"path": "http://10.0.0.8/x.png", "meta": FILE}], "is a link to a local or private address (10.0.0.8)"),
+    ([{"path": "http://169.254.169.254/latest", "meta": FILE}], "local or private address (169.254.169.254)"),
+    ([{"path": "http://[fd00::1]/x.png", "meta": FILE}], "local or private address (fd00::1)"),
+    ([{"path": "http://0.0.0.0/x.png", "meta": FILE}], "local or private address (0.0.0.0)"),
+    ([{"path": "http://printer.local/x.png", "meta": FILE}], "this machine or its network (printer.local)"),
+    ([{"path": "http:///x.png", "meta": FILE}], "is a link without a host"),
+])
+def test_file_payload_problems(tmp_path, value, message):
+    """What an API call may put in a file input: uploads under Gradio's folder and public links, nothing else."""
+    (tmp_path / "upload").mkdir()
+    (tmp_path / "upload" / "a.png").write_bytes(b"")
+
+    def real(item):
+        if isinstance(item, dict) and isinstance(item.get("path"), str):
+            return dict(item, path=item["path"].replace("UPLOADED", str(tmp_path / "upload" / "a.png")))
+        return item
+
+    value = [real(item) for item in value] if isinstance(value, list) else value
+    problem = file_payload_problem("Images", value, tmp_path / "upload", multiple=True)
+    assert problem == message if message is None else message in problem
+
+
+def test_a_single_file_input_takes_one_payload(tmp_path):
+    assert file_payload_problem("Prompt list", [], tmp_path, multiple=False) == (
+        "Prompt list is not an uploaded file (gradio_client: handle_file(path)), got a list.")
+    assert "was not uploaded" in file_payload_problem("Prompt list", {"path": "/etc/hosts"}, tmp_path, multiple=False)

@@ -11,7 +11,7 @@ import gradio as gr
 
 from .. import EXAMPLES_DIR
 from ..inputs import load_examples
-from ..server import DELETE_CACHE
+from ..server import DELETE_CACHE, StudioBlocks
 from ..tasks import Studio
 from .compare import build_compare_tab
 from .edit import build_edit_tab, first_image
@@ -25,7 +25,7 @@ def build_demo(studio: Studio, cache_examples: bool = False, examples_dir: Path 
     ``bench_root`` is the folder whose benchmark runs Compare can browse (None: not offered)."""
     prompts, edit_examples = load_examples(examples_dir, studio.active)
     endpoints = Endpoints(studio)
-    with gr.Blocks(title="DeepGen Studio", delete_cache=DELETE_CACHE) as demo:
+    with StudioBlocks(title="DeepGen Studio", delete_cache=DELETE_CACHE) as demo:
         gr.Markdown("# DeepGen Studio\nDeepGen 1.0 image generation and editing, compared side by side.")
         gr.Markdown(studio.model_banner(), elem_id="model-banner")
         with gr.Tabs() as tabs:
