@@ -64,8 +64,8 @@ def test_hour_profile_budgets_and_scope(tmp_path):
     runs = "runs/nano-hour"
     assert all(runs in step for step in steps if "make_data" in step or "stage" in step)
     dit = next(step for step in steps if "pretrain_dit.py" in step)
-    assert "--steps 1800 --batch-size 64 --lr 3e-3" in dit
-    assert any("stage2_sft.py" in step and "max_steps=2000" in step for step in steps)
+    assert "--steps 1400 --batch-size 64 --lr 3e-3" in dit
+    assert any("stage2_sft.py" in step and "max_steps=1700" in step for step in steps)
     # No shipping over the built-in models, no ablation, no stage 3.
     assert not any(name in step for step in steps for name in ("ship.py", "lastlayer", "stage3_grpo.py"))
 

@@ -30,8 +30,8 @@ case "$PROFILE" in
         EVAL_N=100 EVAL_STEPS=12 ;;
     hour)
         RUNS=${RUNS:-runs/nano-hour} ASSETS="" SHIP=0 ABLATION=0 NUM_SAMPLES=40000
-        VAE_STEPS=1200 DECODER_STEPS=400 VLM_STEPS=1000 STAGE1_STEPS=2400 STAGE2_STEPS=2000
-        DIT="--steps 1800 --batch-size 64 --lr 3e-3 --max-samples 35000"
+        VAE_STEPS=1200 DECODER_STEPS=400 VLM_STEPS=1000 STAGE1_STEPS=2000 STAGE2_STEPS=1700
+        DIT="--steps 1400 --batch-size 64 --lr 3e-3 --max-samples 35000"
         EVAL_N=100 EVAL_STEPS=12 ;;
     smoke)
         RUNS=${RUNS:-runs/nano-smoke} SHIP=1 ABLATION=0 NUM_SAMPLES=40
