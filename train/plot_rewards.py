@@ -1,7 +1,7 @@
 """Plot stage-3 reward curves (one panel per reward) from one or more runs' jsonl logs.
 
     python train/plot_rewards.py runs/nano-rl/log.jsonl runs/nano-rl-no-reg/log.jsonl \
-        --labels "MR-GRPO" "no KL, no SFT aux" --out docs/nano_rl_rewards.png
+        --labels "MR-GRPO" "no KL, no SFT aux" --out runs/nano-rl/rewards.png
 
 Every ``reward/<name>`` key of the log (the per-reward means of each step's rollouts, as written by
 ``train/stage3_grpo.py``) gets a panel; curves are smoothed with a trailing moving average (``--smooth``), the raw
@@ -11,7 +11,7 @@ values are drawn faintly behind them.
 several nano pipelines (one row each), to look for reward-hacking artefacts:
 
     python train/plot_rewards.py --samples-of deepgen/assets/deepgen-nano-sft runs/nano-rl/final \
-        runs/nano-rl-noreg/final --labels SFT MR-GRPO "no KL/SFT" --out docs/nano_rl_samples.png
+        runs/nano-rl-noreg/final --labels SFT MR-GRPO "no KL/SFT" --out runs/nano-rl/samples.png
 """
 
 from __future__ import annotations

@@ -3,7 +3,7 @@
 #   bash train/nano/run_all.sh               # PROFILE=full: the shipped budgets, shipped + stage 3 (docs/rl.md)
 #   PROFILE=hour bash train/nano/run_all.sh  # every budget cut to fit about an hour on a 2-core CPU (runs/nano-hour)
 #   PROFILE=smoke RUNS=/tmp/x bash train/nano/run_all.sh  # every script for real, 1-2 steps each (a few minutes)
-# full: the base DiT is the long step, 4 minutes on an H100 and about 4 hours on a 2-core CPU (pretrain_dit.py
+# full: the base DiT is the long step, minutes on a GPU and hours on a 2-core CPU (pretrain_dit.py
 # trains on a GPU when one is present); it ends by shipping the built-in models and running stage 3.
 # hour: smaller VAE/VLM/DiT/stage-2 budgets (the DiT's schedule chosen by a search at that budget, docs/nano.md,
 # "The recipe in an hour"), no SCB ablation, no shipping, no stage 3: it shows the recipe end to end on a laptop.
@@ -15,7 +15,7 @@
 # Every step resumes from its checkpoint when re-run, so a killed run continues where it stopped.
 # Two single-threaded jobs run side by side where steps are independent (this recipe targets a 2-core CPU).
 # It trains every component from scratch on the world's current split. The shipped models took a shorter path:
-# base components pretrained on the first split, continued on the current one (docs/nano.md, "The v2 split").
+# base components pretrained on the first split, continued on the current one (docs/nano.md, "Commands").
 set -euo pipefail
 cd "$(dirname "$0")/../.."
 export OMP_NUM_THREADS=1
@@ -104,13 +104,13 @@ else
 fi
 log "stage 1 done"
 
-# 5. Stage 2 (joint SFT; DiT unfrozen, LoRA on the VLM), alone on both cores. (The ablation's stage 2, measured in
-#    docs/nano.md, is in train/nano/README.md; it doubles this step's time, so this script leaves it out.)
+# 5. Stage 2 (joint SFT; DiT unfrozen, LoRA on the VLM), alone on both cores. (The ablation's stage 2, whose lesson
+#    docs/nano.md gives, is in train/nano/README.md; it doubles this step's time, so this script leaves it out.)
 OMP_NUM_THREADS=2 python train/stage2_sft.py --config train/configs/nano-stage2.yaml max_steps=$STAGE2_STEPS $STAGE \
     model.pretrained="$RUNS/stage1/final" output_dir="$RUNS/sft"
 log "stage 2 done"
 
-# 6. Evaluate every stage on the held-out split and print docs/nano.md's table.
+# 6. Evaluate every stage on the held-out split and print their table (train/nano/results_table.py).
 python train/evaluate.py --model "$RUNS/base" $EVAL --out "$RUNS/eval/base.json" &
 python train/evaluate.py --model "$RUNS/stage1/final" $EVAL --out "$RUNS/eval/stage1.json" &
 wait_all
