@@ -115,3 +115,25 @@ def test_plain_prompts_are_scored_apart_from_the_capabilities(tiny_pipe):
     assert plain["n"] == 3 and set(plain) == {"n", "colour", "shape", "count", "overall", "correct"}
     # The five capabilities' samples, images and scores are exactly those of a run without plain prompts.
     assert results == without
+
+
+def test_results_table_pools_draws_by_sample_count(tmp_path, capsys):
+    """A row of several draws is their sample-weighted mean, as compare_evals pools them."""
+    sys.path.insert(0, str(ROOT / "train" / "nano"))
+    import results_table
+
+    def draw(name, n, score, plain_count):
+        capabilities = {c: {"n": n, "overall": score, "correct": score / 2} for c in world.CAPABILITIES}
+        subsets = {"plain": {"n": n, "colour": 1.0, "shape": 0.5, "count": plain_count}}
+        (tmp_path / name).write_text(json.dumps({"capabilities": capabilities, "subsets": subsets,
+                                                 "overall": score}))
+
+    draw("seed10-m.json", 100, 0.5, 0.2)
+    draw("seed11-m.json", 300, 0.9, 0.6)
+    pooled = results_table.pooled_results(results_table.expand(str(tmp_path / "seed1[0-1]-m.json")))
+    assert pooled["overall"] == pytest.approx(0.8)
+    assert pooled["capabilities"]["editing"] == pytest.approx({"n": 400, "overall": 0.8, "correct": 0.4})
+    assert pooled["subsets"]["plain"]["count"] == pytest.approx(0.5)
+    assert pooled["subsets"]["generation_single"] is None
+    with pytest.raises(SystemExit, match="no file matches"):
+        results_table.expand(str(tmp_path / "seed9*-m.json"))
