@@ -9,6 +9,7 @@ circle"; ``deepgen.nano.world``); ``--prompt-version 1`` rewrites the data the s
 Usage:
     python train/nano/make_data.py --out runs/nano/data --num-samples 40000 --shard-size 5000
     python train/nano/make_data.py --out runs/tiny/data --num-samples 32 --size 32   # the tiny-*.yaml configs
+    python train/nano/make_data.py --out runs/nano7/plain --num-samples 8000 --plain  # plain prompts alone
 """
 
 from __future__ import annotations
@@ -35,14 +36,20 @@ def main(argv: Optional[Sequence[str]] = None) -> None:
                         default=world.LATEST_PROMPT_VERSION,
                         help="world prompt wording (1: every single object has a size and position, the shipped "
                              "models' data; 2: plain prompts too)")
+    parser.add_argument("--plain", action="store_true",
+                        help="write plain single-object samples only (world.plain_samples: 'a red circle', one "
+                             "object, no size or position), a source to mix in where plain prompts need more weight")
     args = parser.parse_args(argv)
 
     args.out.mkdir(parents=True, exist_ok=True)
-    samples = world.dataset("train", args.num_samples, seed=args.seed, capabilities=MIXTURE,
-                            prompt_version=args.prompt_version)
+    if args.plain:
+        samples, prefix = world.plain_samples("train", args.num_samples, seed=args.seed), "plain"
+    else:
+        samples, prefix = world.dataset("train", args.num_samples, seed=args.seed, capabilities=MIXTURE,
+                                        prompt_version=args.prompt_version), "train"
     for shard, start in enumerate(range(0, args.num_samples, args.shard_size)):
         shard_samples = samples[start:start + args.shard_size]
-        path = world.write_parquet(shard_samples, args.out / f"train-{shard:05d}.parquet", size=args.size)
+        path = world.write_parquet(shard_samples, args.out / f"{prefix}-{shard:05d}.parquet", size=args.size)
         print(f"wrote {path} ({len(shard_samples)} samples)", flush=True)
 
 
