@@ -219,3 +219,24 @@ def test_plain_samples_are_one_object_without_size_or_position(split):
         assert world.is_held_out(group["shape"], group["colour"]) == (split == "eval")
         assert shapeeval.evaluate(s.target_image(64), s) == {"colour": 1.0, "shape": 1.0, "count": 1.0,
                                                              "overall": 1.0, "correct": 1.0}
+
+
+def test_make_data_writes_a_plain_source(tmp_path):
+    """``make_data.py --plain``: plain TRAIN samples only, one object each, as a separate source to mix in."""
+    import importlib.util
+    from pathlib import Path
+
+    import pyarrow.parquet as pq
+
+    script = Path(__file__).resolve().parents[1] / "train" / "nano" / "make_data.py"
+    spec = importlib.util.spec_from_file_location("make_data", script)
+    make_data = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(make_data)
+    make_data.main(["--out", str(tmp_path), "--num-samples", "12", "--shard-size", "8", "--size", "32", "--plain"])
+    assert sorted(path.name for path in tmp_path.iterdir()) == ["plain-00000.parquet", "plain-00001.parquet"]
+    rows = pq.read_table(tmp_path).to_pylist()
+    assert [row["prompt"] for row in rows] == [s.prompt for s in world.plain_samples("train", 12)]
+    for row in rows:
+        words = row["prompt"].split()
+        assert len(words) == 3 and words[0] in ("a", "an", "one"), row["prompt"]
+        assert json.loads(row["metadata"])["groups"][0]["count"] == 1
