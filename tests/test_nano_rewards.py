@@ -64,3 +64,14 @@ def test_world_rewards_and_prompt_source_are_registered_by_name():
     plain = prompts.world_prompts("train", 16, samples=40, capabilities=["generation"], prompt_version=2)
     assert [p.text for p in plain] == [s.prompt for s in world.dataset("train", 40, capabilities=["generation"],
                                                                        prompt_version=2)]
+
+
+def test_the_world_prompt_pool_can_mix_in_plain_prompts():
+    pool = prompts.world_prompts("train", 16, samples=10, seed=3, capabilities=["generation"], prompt_version=2,
+                                 plain=0.4)
+    assert [p.text for p in pool[:6]] == [s.prompt for s in world.dataset("train", 6, seed=3, capabilities=["generation"],
+                                                                           prompt_version=2)]
+    assert [p.text for p in pool[6:]] == [s.prompt for s in world.plain_samples("train", 4, seed=3)]
+    assert all(p.metadata["groups"][0]["count"] == 1 and not p.images for p in pool[6:])
+    with pytest.raises(ValueError, match="fraction of plain prompts"):
+        prompts.world_prompts("train", 16, samples=4, plain=1.5)
