@@ -6,7 +6,6 @@ every request is bounded in count and time."""
 from __future__ import annotations
 
 import json
-import os
 import signal
 import socket
 import time
@@ -30,13 +29,7 @@ def start(tmp_path: Path, *args: str) -> AppServer:
     """The app with its own Gradio temp dir (``server.temp``)."""
     temp = tmp_path / "gradio-temp"
     temp.mkdir()
-    os.environ["GRADIO_TEMP_DIR"] = str(temp)  # inherited by the subprocess only for the start below
-    try:
-        server = AppServer(tmp_path / "app.log", *args)
-    finally:
-        del os.environ["GRADIO_TEMP_DIR"]
-    server.temp = temp
-    return server.wait_ready()
+    return AppServer(tmp_path / "app.log", *args, temp=temp).wait_ready()
 
 
 @pytest.fixture(scope="module")

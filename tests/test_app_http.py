@@ -16,6 +16,7 @@ import time
 import urllib.request
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
+from typing import Optional
 
 import pytest
 from PIL import Image
@@ -39,12 +40,16 @@ def free_port() -> int:
 class AppServer:
     """``python app.py --model tiny`` in a subprocess on a free loopback port (also used by test_browser.py)."""
 
-    def __init__(self, log_path: Path, *args: str):
+    def __init__(self, log_path: Path, *args: str, temp: Optional[Path] = None):
+        """``temp``: the app's own Gradio temp dir (``GRADIO_TEMP_DIR``), for tests that inspect what it leaves."""
         self.port = free_port()
         self.url = f"http://127.0.0.1:{self.port}/"
+        self.temp = temp
         env = dict(os.environ, HF_HUB_OFFLINE="1", TRANSFORMERS_OFFLINE="1", GRADIO_ANALYTICS_ENABLED="False",
                    OMP_NUM_THREADS="1", PYTHONUNBUFFERED="1")
         env.pop("GRADIO_SERVER_NAME", None)
+        if temp is not None:
+            env["GRADIO_TEMP_DIR"] = str(temp)
         self.log_path = log_path
         self._log = open(log_path, "w")
         self.process = subprocess.Popen(

@@ -15,7 +15,7 @@ from pathlib import Path
 
 import pytest
 
-from test_app_http import AppServer
+from test_app_http import EXAMPLE, AppServer
 
 CHROMIUM = shutil.which("chromium") or "/usr/bin/chromium"
 if not Path(CHROMIUM).is_file():
@@ -38,7 +38,9 @@ def screenshots(tmp_path_factory) -> Path:
 
 @pytest.fixture(scope="module")
 def page(tmp_path_factory):
-    server = AppServer(tmp_path_factory.mktemp("browser") / "app.log").wait_ready()
+    folder = tmp_path_factory.mktemp("browser")
+    (folder / "gradio-temp").mkdir()
+    server = AppServer(folder / "app.log", temp=folder / "gradio-temp").wait_ready()
     try:
         with sync_api.sync_playwright() as playwright:
             browser = playwright.chromium.launch(executable_path=CHROMIUM, args=CHROMIUM_ARGS)
@@ -46,6 +48,7 @@ def page(tmp_path_factory):
             page.goto(server.url)
             page.wait_for_selector("#model-banner")
             page.get_by_text("Example prompts").wait_for()  # the whole app has mounted
+            page.server = server
             yield page
             browser.close()
     finally:
@@ -114,3 +117,11 @@ def test_compare_side_by_side(page, screenshots):
     page.locator("#compare-gallery img").first.wait_for(state="visible", timeout=RESULT_TIMEOUT_MS)
     page.locator("#compare-summary table").wait_for(state="visible")
     page.screenshot(path=screenshots / "compare.png", full_page=True)
+
+
+def test_an_upload_is_previewed_and_leaves_no_empty_temp_file(page):
+    """gr.File.preprocess writes an empty temp file per file; the Edit tab's listeners take raw payloads instead."""
+    page.get_by_role("tab", name="Edit").click()
+    page.locator("#edit-images input[type=file]").set_input_files(str(EXAMPLE))
+    page.locator("#edit-preview img").first.wait_for(state="visible", timeout=RESULT_TIMEOUT_MS)
+    assert [path for path in page.server.temp.rglob("*") if path.is_file() and path.stat().st_size == 0] == []

@@ -65,9 +65,10 @@ def build_edit_tab(studio: Studio, endpoints: Endpoints, examples: list[tuple[li
                         example_labels=[f"{text}  ({' + '.join(Path(i).name for i in images)})"
                                         for images, text in examples],
                         fn=lambda images, text: endpoints["edit"](images, text, randomize_seed=False),
-                        cache_examples=cache_examples, cache_mode="lazy")
+                        cache_examples=cache_examples, cache_mode="lazy", preprocess=False)
     wire_task(button.click, endpoints, "edit", c, outputs, "edit")
-    c["images"].change(upload_paths, c["images"], preview, queue=False, api_visibility="private")
+    # Raw payloads (preprocess=False) here and in the examples: gr.File.preprocess leaves an empty temp file per file.
+    c["images"].change(upload_paths, c["images"], preview, queue=False, api_visibility="private", preprocess=False)
     c["follow_source"].change(lambda follow: [gr.update(interactive=not follow)] * 3, c["follow_source"],
                               [c["aspect"], c["width"], c["height"]], queue=False, api_visibility="private")
     preset.input(NEGATIVE_PRESETS.get, preset, c["negative_prompt"], queue=False, api_visibility="private")
