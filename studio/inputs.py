@@ -46,6 +46,11 @@ def upload_path(item: Any) -> Optional[str]:
     return getattr(item, "path", None) or getattr(item, "name", None)
 
 
+def is_link(path: str) -> bool:
+    """Whether a file payload's path is an http(s) link (which Gradio fetches) rather than a file on this server."""
+    return path.lower().startswith(("http://", "https://"))
+
+
 def _link_host_problem(url: str) -> Optional[str]:
     """Why the server must not fetch ``url`` (None: its host is a public name or address)."""
     try:
@@ -82,7 +87,7 @@ def file_payload_problem(label: str, value: Any, upload_root: Path, multiple: bo
         path = item.get("path") if isinstance(item, dict) else None
         if not isinstance(path, str) or not path:
             return f"{which} is not an uploaded file ({how}), got {kind_of(item)}."
-        if path.lower().startswith(("http://", "https://")):
+        if is_link(path):
             problem = _link_host_problem(path)
             if problem:
                 return f"{which} {problem}; this server fetches only public http(s) links."

@@ -25,7 +25,7 @@ from typing import Any, AsyncIterator, Awaitable, Callable
 import gradio as gr
 from starlette.middleware import Middleware
 
-from .inputs import MAX_UPLOAD_BYTES, file_payload_problem, upload_paths
+from .inputs import MAX_UPLOAD_BYTES, file_payload_problem, is_link, upload_paths
 from .settings import MAX_REFERENCE_IMAGES
 
 # Gradio keeps a copy of the page's config (~200 KB) for every session that called an event, up to
@@ -172,7 +172,7 @@ class StudioBlocks(gr.Blocks):
             raise
         except Exception as error:
             for block, value in _file_inputs(block_fn, inputs):
-                links = [path for path in upload_paths(value) if path.lower().startswith(("http://", "https://"))]
+                links = [path for path in upload_paths(value) if is_link(path)]
                 if links:
                     raise gr.Error(f"{_field_name(block)}: the link {links[0][:200]} could not be fetched (this "
                                    "server fetches only public http(s) links to files); upload the file instead.",

@@ -27,9 +27,7 @@ MAX_SESSIONS = 32
 
 def start(tmp_path: Path, *args: str) -> AppServer:
     """The app with its own Gradio temp dir (``server.temp``)."""
-    temp = tmp_path / "gradio-temp"
-    temp.mkdir()
-    return AppServer(tmp_path / "app.log", *args, temp=temp).wait_ready()
+    return AppServer(tmp_path / "app.log", *args, temp=tmp_path / "gradio-temp").wait_ready()
 
 
 @pytest.fixture(scope="module")

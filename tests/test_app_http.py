@@ -49,6 +49,7 @@ class AppServer:
                    OMP_NUM_THREADS="1", PYTHONUNBUFFERED="1")
         env.pop("GRADIO_SERVER_NAME", None)
         if temp is not None:
+            temp.mkdir(parents=True, exist_ok=True)
             env["GRADIO_TEMP_DIR"] = str(temp)
         self.log_path = log_path
         self._log = open(log_path, "w")

@@ -37,22 +37,23 @@ def screenshots(tmp_path_factory) -> Path:
 
 
 @pytest.fixture(scope="module")
-def page(tmp_path_factory):
+def server(tmp_path_factory):
     folder = tmp_path_factory.mktemp("browser")
-    (folder / "gradio-temp").mkdir()
-    server = AppServer(folder / "app.log", temp=folder / "gradio-temp").wait_ready()
-    try:
-        with sync_api.sync_playwright() as playwright:
-            browser = playwright.chromium.launch(executable_path=CHROMIUM, args=CHROMIUM_ARGS)
-            page = browser.new_page(viewport={"width": 1400, "height": 1000})
-            page.goto(server.url)
-            page.wait_for_selector("#model-banner")
-            page.get_by_text("Example prompts").wait_for()  # the whole app has mounted
-            page.server = server
-            yield page
-            browser.close()
-    finally:
-        server.stop()
+    app = AppServer(folder / "app.log", temp=folder / "gradio-temp").wait_ready()
+    yield app
+    app.stop()
+
+
+@pytest.fixture(scope="module")
+def page(server):
+    with sync_api.sync_playwright() as playwright:
+        browser = playwright.chromium.launch(executable_path=CHROMIUM, args=CHROMIUM_ARGS)
+        page = browser.new_page(viewport={"width": 1400, "height": 1000})
+        page.goto(server.url)
+        page.wait_for_selector("#model-banner")
+        page.get_by_text("Example prompts").wait_for()  # the whole app has mounted
+        yield page
+        browser.close()
 
 
 def fill(box, text: str) -> None:
@@ -119,9 +120,9 @@ def test_compare_side_by_side(page, screenshots):
     page.screenshot(path=screenshots / "compare.png", full_page=True)
 
 
-def test_an_upload_is_previewed_and_leaves_no_empty_temp_file(page):
+def test_an_upload_is_previewed_and_leaves_no_empty_temp_file(page, server):
     """gr.File.preprocess writes an empty temp file per file; the Edit tab's listeners take raw payloads instead."""
     page.get_by_role("tab", name="Edit").click()
     page.locator("#edit-images input[type=file]").set_input_files(str(EXAMPLE))
     page.locator("#edit-preview img").first.wait_for(state="visible", timeout=RESULT_TIMEOUT_MS)
-    assert [path for path in page.server.temp.rglob("*") if path.is_file() and path.stat().st_size == 0] == []
+    assert [path for path in server.temp.rglob("*") if path.is_file() and path.stat().st_size == 0] == []
