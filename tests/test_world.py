@@ -201,7 +201,52 @@ def test_prompt_version_2_leaves_size_and_position_to_the_image_sometimes():
     assert all(set(s.prompt.split()) <= vocabulary for s in new)
     assert "one" in world.caption_corpus(2) and "one" not in world.caption_corpus()
     with pytest.raises(ValueError, match="prompt_version"):
-        world.dataset("train", 1, prompt_version=3)
+        world.dataset("train", 1, prompt_version=4)
+
+
+VERSION_2_DRAWS = {"train": "c45f4672cbee9ceb88cdc9260ea49c6e59e4adebcbf7bbb844f00b4aa1487647",
+                   "eval": "77ee01fc38dd8386fad3c5df844c12312ff80792cd82f9d97fb12b926d51a3c3"}
+
+
+def _draw_digest(samples):
+    drawn = [[s.prompt, s.metadata, [[o.shape, o.colour, o.position, o.size] for o in s.target.objects]]
+             for s in samples]
+    return hashlib.sha256(json.dumps(drawn, sort_keys=True).encode()).hexdigest()
+
+
+@pytest.mark.parametrize("split", world.SPLITS)
+def test_prompt_version_2_draws_are_unchanged(split):
+    """The data of the nano6-nano9 candidates (docs/nano.md) is still drawn bit for bit, scenes included."""
+    assert _draw_digest(world.dataset(split, 350, seed=0, prompt_version=2)) == VERSION_2_DRAWS[split]
+
+
+@pytest.mark.parametrize("split", world.SPLITS)
+def test_prompt_version_3_draws_what_a_prompt_leaves_out_at_the_default(split):
+    capabilities = ("generation", "reasoning_generation")
+    new = world.dataset(split, 800, seed=5, capabilities=capabilities, prompt_version=3)
+    singles = [s for s in new if s.metadata["task"] == "single"]
+    omitted = [s for s in singles if "omitted" in s.metadata]
+    bare = [s for s in omitted if s.metadata["omitted"] == ["size", "position"]]
+    assert abs(len(omitted) / len(singles) - world.PLAIN_FRACTION_V3) < 0.07
+    assert abs(len(bare) / len(omitted) - 0.5) < 0.08
+    assert {tuple(s.metadata["omitted"]) for s in omitted} == set(world.OMISSIONS)
+    for s in omitted:
+        [group] = s.metadata["groups"]
+        [obj] = s.target.objects
+        assert (group["size"] is None) == ("size" in s.metadata["omitted"])
+        assert (group["position"] is None) == ("position" in s.metadata["omitted"])
+        assert obj.size == (group["size"] or world.DEFAULT_SIZE)
+        assert obj.position == (group["position"] or world.DEFAULT_POSITION)
+        assert shapeeval.evaluate(s.target_image(64), s)["correct"] == 1.0
+    # Objects whose prompt states size and position still take every size and cell.
+    stated = [s.target.objects[0] for s in singles if "omitted" not in s.metadata]
+    assert {o.size for o in stated} == set(world.SIZES) and {o.position for o in stated} == set(world.POSITIONS)
+    # Everything but single objects is drawn as in version 2.
+    old = world.dataset(split, 800, seed=5, capabilities=capabilities, prompt_version=2)
+    assert [s.prompt for s in old if s.metadata["task"] != "single"] == \
+        [s.prompt for s in new if s.metadata["task"] != "single"]
+    vocabulary = {word for phrase in world.caption_corpus(3) for word in phrase.split()}
+    assert all(set(s.prompt.split()) <= vocabulary for s in new)
 
 
 @pytest.mark.parametrize("split", world.SPLITS)
@@ -219,6 +264,13 @@ def test_plain_samples_are_one_object_without_size_or_position(split):
         assert world.is_held_out(group["shape"], group["colour"]) == (split == "eval")
         assert shapeeval.evaluate(s.target_image(64), s) == {"colour": 1.0, "shape": 1.0, "count": 1.0,
                                                              "overall": 1.0, "correct": 1.0}
+        [obj] = s.target.objects
+        assert (obj.size, obj.position) == (world.DEFAULT_SIZE, world.DEFAULT_POSITION)
+    placed_at_random = world.plain_samples(split, 60, seed=1, prompt_version=2)
+    assert [s.prompt for s in placed_at_random] == [s.prompt for s in samples]
+    assert len({s.target.objects[0].position for s in placed_at_random}) > 3
+    with pytest.raises(ValueError, match="prompt_version 2"):
+        world.plain_samples(split, 1, prompt_version=1)
 
 
 def test_make_data_writes_a_plain_source(tmp_path):

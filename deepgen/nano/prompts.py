@@ -13,8 +13,9 @@ def world_prompts(path: str, size: int, samples: int = 512, seed: int = 0,
                   capabilities: Optional[Sequence[str]] = None, prompt_version: int = 1,
                   plain: float = 0.0) -> list[Prompt]:
     """``samples`` prompts of the world split ``path`` ("train" or "eval") drawn with ``seed`` over
-    ``capabilities`` (null = all five), edit sources rendered at ``size``; ``prompt_version`` 2 includes plain
-    prompts (``deepgen.nano.world``; 1, the default, is what the shipped stage 3 was trained on). A ``plain``
+    ``capabilities`` (null = all five), edit sources rendered at ``size``; ``prompt_version`` 2 and 3 include
+    plain prompts, 3 more of them (``deepgen.nano.world``; 1, the default, is what the shipped stage 3 was trained
+    on). A ``plain``
     fraction of the pool are plain prompts instead (``world.plain_samples``: "a red circle", one object, no size
     or position), for a policy that has to learn that "a" means exactly one."""
     if not 0.0 <= plain <= 1.0:

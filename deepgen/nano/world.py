@@ -17,12 +17,17 @@ The five capabilities, in miniature:
 Prompt versions. ``prompt_version=1`` (the default of :func:`sample` and :func:`dataset`) is the wording every
 committed model and evaluation was made with: a single-object prompt always states a size and a position, so the
 only prompts without them are pairs and counts, and a model trained on it reads a bare "a red circle" as "some red
-circles". ``prompt_version=2`` (:data:`LATEST_PROMPT_VERSION`, what ``train/nano/make_data.py`` writes) leaves
-out the size, the position or both in :data:`PLAIN_FRACTION` of single-object generation and reasoning prompts
-(the image still has them, at random; the metadata then does not check them) and words
-:data:`ONE_FRACTION` of those plain prompts with "one" instead of "a"/"an": "a"/"an"/"one" always means exactly
-one object. Version 1 draws are bit-identical to those made before version 2 existed. :func:`plain_samples`
-draws the plain prompts ShapeEval reports as its ``plain`` subset ("a red circle": colour, shape, count = 1).
+circles". ``prompt_version=2`` leaves out the size, the position or both in :data:`PLAIN_FRACTION` of
+single-object generation and reasoning prompts (the image still has them, at random; the metadata then does not
+check them) and words :data:`ONE_FRACTION` of those plain prompts with "one" instead of "a"/"an": "a"/"an"/"one"
+always means exactly one object. ``prompt_version=3`` (:data:`LATEST_PROMPT_VERSION`, what
+``train/nano/make_data.py`` writes) words :data:`PLAIN_FRACTION_V3` of them plainly, half of those with neither
+size nor position, and draws what a prompt leaves out at the world's default -- :data:`DEFAULT_SIZE`, in the
+:data:`DEFAULT_POSITION` cell -- as a photographer centres what they are asked to show. Random placements gave
+a bare "a red circle" eighteen equally likely images, and models this small answered with several objects at
+once (docs/nano.md, "The plain-prompt chain"). Version 1 draws are bit-identical to those made before version 2
+existed, and version 2 draws to those made before version 3. :func:`plain_samples` draws the plain prompts
+ShapeEval reports as its ``plain`` subset ("a red circle": colour, shape, count = 1).
 
 Held-out combinations. A (subject, colour) pair -- subject being a shape or a glyph -- is reserved for the
 ``eval`` split iff ``(index of subject + index of colour) % 4 == 0`` (indices into :data:`SHAPES` or
@@ -165,13 +170,19 @@ PAIR_TEMPLATE = "{first} and {second}"
 _ALL_TEMPLATES = (RECOLOUR_TEMPLATES + MOVE_TEMPLATES + REMOVE_TEMPLATES + ADD_TEMPLATES + BACKGROUND_TEMPLATES
                   + TEXT_TEMPLATES + (PAIR_TEMPLATE,))
 
-PROMPT_VERSIONS = (1, 2)
-LATEST_PROMPT_VERSION = 2
+PROMPT_VERSIONS = (1, 2, 3)
+LATEST_PROMPT_VERSION = 3
 # Version 2: share of single-object prompts that leave out size, position or both (a third each), and share of
 # those plain prompts that say "one" rather than "a"/"an".
 PLAIN_FRACTION = 0.3
 ONE_FRACTION = 0.25
 OMISSIONS = (("size",), ("position",), ("size", "position"))
+# Version 3: half the single-object prompts leave something out, half of those both size and position (the
+# bare "a red circle"), and what a prompt leaves out takes the world's default instead of a random draw.
+PLAIN_FRACTION_V3 = 0.5
+OMISSIONS_V3 = OMISSIONS + (("size", "position"),)
+DEFAULT_SIZE = "large"
+DEFAULT_POSITION = "center"
 
 HELD_OUT_MODULUS = 4
 TRAINING_EXCEPTIONS = frozenset({("triangle", "yellow")})  # pairs the modular rule would hold out (module doc)
@@ -424,9 +435,14 @@ def _group(shape: str, colour: str, count: int = 1, size: Optional[str] = None,
 
 
 def _single_object(rng: random.Random, shape: str, colour: str, size: str, indirect: bool,
-                   omitted: tuple[str, ...], one: bool) -> tuple[str, list[ShapeSpec], dict[str, Any]]:
-    """Prompt, objects and metadata of one object; ``omitted`` names what the prompt leaves to the image."""
+                   omitted: tuple[str, ...], one: bool,
+                   defaults: bool = False) -> tuple[str, list[ShapeSpec], dict[str, Any]]:
+    """Prompt, objects and metadata of one object; ``omitted`` names what the prompt leaves to the image, which
+    draws it at random or, with ``defaults`` (version 3), uses :data:`DEFAULT_SIZE` / :data:`DEFAULT_POSITION`."""
     position = rng.choice(POSITIONS)
+    if defaults:
+        size = DEFAULT_SIZE if "size" in omitted else size
+        position = DEFAULT_POSITION if "position" in omitted else position
     shape_indirect, colour_indirect = _indirection(rng, indirect)
     stated_size = None if "size" in omitted else size
     stated_position = None if "position" in omitted else position
@@ -444,9 +460,12 @@ def _single_object(rng: random.Random, shape: str, colour: str, size: str, indir
 
 def _plain_wording(rng: random.Random, prompt_version: int) -> tuple[tuple[str, ...], bool]:
     """(what a single-object prompt omits, whether it says "one"); version 1 draws nothing from ``rng``."""
-    if prompt_version == 1 or rng.random() >= PLAIN_FRACTION:
+    if prompt_version == 1:
         return (), False
-    return rng.choice(OMISSIONS), rng.random() < ONE_FRACTION
+    fraction, omissions = (PLAIN_FRACTION, OMISSIONS) if prompt_version == 2 else (PLAIN_FRACTION_V3, OMISSIONS_V3)
+    if rng.random() >= fraction:
+        return (), False
+    return rng.choice(omissions), rng.random() < ONE_FRACTION
 
 
 def _sample_generation(rng: random.Random, split: str, indirect: bool, prompt_version: int = 1) -> Sample:
@@ -461,7 +480,8 @@ def _sample_generation(rng: random.Random, split: str, indirect: bool, prompt_ve
     metadata: dict[str, Any] = {"capability": capability, "task": task, "background": DEFAULT_BACKGROUND}
     if task == "single":
         omitted, one = _plain_wording(rng, prompt_version)
-        prompt, objects, single = _single_object(rng, shape, colour, size, indirect, omitted, one)
+        prompt, objects, single = _single_object(rng, shape, colour, size, indirect, omitted, one,
+                                                 defaults=prompt_version >= 3)
         metadata.update(single)
     elif task == "counting":
         count = rng.choice(tuple(NUMBER_WORDS))
@@ -574,8 +594,9 @@ def sample(capability: str, rng: Union[int, random.Random], split: str = "train"
         rng: a seed or a ``random.Random``; the same seed always gives the same sample.
         split: "train" (no held-out combination anywhere) or "eval" (built around a held-out combination).
         prompt_version: 1 (every single-object prompt states size and position; the draws of the committed
-            models and evaluations) or 2 (plain prompts too; see the module doc). Only generation and reasoning
-            generation differ; edits and text are the same in both.
+            models and evaluations), 2 (plain prompts too) or 3 (more plain prompts, whose objects take the
+            default size and position; see the module doc). Only generation and reasoning generation differ;
+            edits and text are the same in all three.
     """
     _check_choice("capability", capability, CAPABILITIES)
     _check_choice("split", split, SPLITS)
@@ -602,14 +623,19 @@ def dataset(split: str, n: int, seed: int = 0, capabilities: Sequence[str] = CAP
                    prompt_version) for i in range(n)]
 
 
-def plain_samples(split: str, n: int, seed: int = 0) -> list[Sample]:
+def plain_samples(split: str, n: int, seed: int = 0, prompt_version: int = LATEST_PROMPT_VERSION) -> list[Sample]:
     """``n`` plain single-object generation prompts of ``split`` -- no size, no position: "a red circle", "one
     blue square" -- scored for colour, shape and count = 1 (ShapeEval's ``plain`` subset).
 
     Drawn from their own stream (sample ``i`` depends only on (split, seed, i)), so they never change the draws
-    of :func:`dataset`. In the ``eval`` split every (shape, colour) pair is held out.
+    of :func:`dataset`. In the ``eval`` split every (shape, colour) pair is held out. The prompts are the same in
+    versions 2 and 3; the image's object is at a random size and cell in version 2, large and in the center in
+    version 3 (the scores never check either).
     """
     _check_choice("split", split, SPLITS)
+    if prompt_version < 2:
+        raise ValueError(f"plain prompts exist from prompt_version 2 on, got {prompt_version}.")
+    _check_choice("prompt_version", prompt_version, PROMPT_VERSIONS)
     if n < 0:
         raise ValueError(f"n must be a non-negative number of samples, got {n}.")
     samples = []
@@ -619,7 +645,7 @@ def plain_samples(split: str, n: int, seed: int = 0) -> list[Sample]:
         colour = _pick_colour(rng, shape, split == "eval")
         one = rng.random() < ONE_FRACTION
         prompt, objects, metadata = _single_object(rng, shape, colour, rng.choice(SIZES), False,
-                                                   ("size", "position"), one)
+                                                   ("size", "position"), one, defaults=prompt_version >= 3)
         metadata = {"capability": "generation", "task": "plain", "background": DEFAULT_BACKGROUND, **metadata}
         samples.append(Sample("generation", prompt, Scene(objects), metadata=metadata))
     return samples

@@ -3,8 +3,9 @@
 Each row is one :func:`deepgen.nano.world.to_records` record: ``image`` (target), ``source_image`` (edits only),
 ``prompt`` (caption or instruction), ``capability`` and ``metadata`` (JSON). Only the ``train`` split is written;
 the evaluation split is regenerated from its seed by ``train/evaluate.py``, so it can never leak into training.
-Prompts are ``--prompt-version 2`` by default (some single-object prompts leave out size and/or position, "a red
-circle"; ``deepgen.nano.world``); ``--prompt-version 1`` rewrites the data the shipped models were trained on.
+Prompts are ``--prompt-version 3`` by default (half the single-object prompts leave out size and/or position, "a
+red circle", drawn large and in the center; ``deepgen.nano.world``); ``--prompt-version 1`` rewrites the data the
+first shipped models were trained on, ``2`` the plain prompts placed at random.
 
 Usage:
     python train/nano/make_data.py --out runs/nano/data --num-samples 40000 --shard-size 5000
@@ -34,8 +35,8 @@ def main(argv: Optional[Sequence[str]] = None) -> None:
     parser.add_argument("--size", type=int, default=64, help="image side in pixels")
     parser.add_argument("--prompt-version", type=int, choices=world.PROMPT_VERSIONS,
                         default=world.LATEST_PROMPT_VERSION,
-                        help="world prompt wording (1: every single object has a size and position, the shipped "
-                             "models' data; 2: plain prompts too)")
+                        help="world prompt wording (1: every single object has a size and position; 2: plain "
+                             "prompts too, placed at random; 3: more plain prompts, drawn large in the center)")
     parser.add_argument("--plain", action="store_true",
                         help="write plain single-object samples only (world.plain_samples: 'a red circle', one "
                              "object, no size or position), a source to mix in where plain prompts need more weight")
@@ -43,7 +44,10 @@ def main(argv: Optional[Sequence[str]] = None) -> None:
 
     args.out.mkdir(parents=True, exist_ok=True)
     if args.plain:
-        samples, prefix = world.plain_samples("train", args.num_samples, seed=args.seed), "plain"
+        if args.prompt_version < 2:
+            parser.error("--plain needs --prompt-version 2 or later (version 1 has no plain prompts)")
+        samples, prefix = world.plain_samples("train", args.num_samples, seed=args.seed,
+                                              prompt_version=args.prompt_version), "plain"
     else:
         samples, prefix = world.dataset("train", args.num_samples, seed=args.seed, capabilities=MIXTURE,
                                         prompt_version=args.prompt_version), "train"
