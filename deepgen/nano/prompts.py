@@ -15,9 +15,8 @@ def world_prompts(path: str, size: int, samples: int = 512, seed: int = 0,
     """``samples`` prompts of the world split ``path`` ("train" or "eval") drawn with ``seed`` over
     ``capabilities`` (null = all five), edit sources rendered at ``size``; ``prompt_version`` 2 and 3 include
     plain prompts, 3 more of them (``deepgen.nano.world``; 1, the default, is what the shipped stage 3 was trained
-    on). A ``plain``
-    fraction of the pool are plain prompts instead (``world.plain_samples``: "a red circle", one object, no size
-    or position), for a policy that has to learn that "a" means exactly one."""
+    on). A ``plain`` fraction of the pool are plain prompts instead (``world.plain_samples``: "a red circle", one
+    object, no size or position), for a policy that has to learn that "a" means exactly one."""
     if not 0.0 <= plain <= 1.0:
         raise ValueError(f"plain is the fraction of plain prompts in the pool, from 0 to 1; got {plain}.")
     n_plain = round(samples * plain)
