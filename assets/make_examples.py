@@ -7,8 +7,9 @@ so the project makes every example it ships. ``examples.json`` lists the Generat
 
 DeepGen-nano knows only its shape world's words, so its examples (``examples:`` of the nano entries in
 ``contestants.yaml``) are world samples: :data:`NANO_PROMPTS` and :data:`NANO_EDITS` name them by capability and
-index in ``world.dataset("train", 16, seed=NANO_SEED, capabilities=(capability,))``, chosen among those the shipped
-``deepgen-nano`` got right (ShapeEval ``correct``, 30 steps, guidance 4). The edits' sources are rendered by the
+index in ``world.dataset("train", 16, seed=NANO_SEED, capabilities=(capability,))``, and :data:`NANO_PLAIN` a bare
+prompt of ``world.plain_samples``, chosen among those the shipped ``deepgen-nano`` got right (ShapeEval
+``correct``, 30 steps, guidance 4). The edits' sources are rendered by the
 world into ``examples/nano/`` at the 64 px the nano models work at.
 """
 
@@ -88,9 +89,12 @@ EXAMPLES = {
 
 NANO_SEED = 11
 NANO_SIZE = 64
-# (capability, index): plain generation, reasoning generation (riddle words) and text rendering.
+# Index in ``world.plain_samples("train", 16, seed=NANO_SEED)``: a bare prompt ("a purple circle"), shown first for
+# the models that draw one object for it (``nano_examples(plain=True)``).
+NANO_PLAIN = 15
+# (capability, index): generation, reasoning generation (riddle words) and text rendering.
 NANO_PROMPTS = (("generation", 11), ("generation", 6), ("reasoning_generation", 15), ("reasoning_generation", 11),
-                ("text_rendering", 8))
+                ("text_rendering", 5))
 # (capability, index, source image file under examples/nano/): add, move, remove, reasoning recolour.
 NANO_EDITS = (("editing", 10, "add-square-source.png"), ("editing", 6, "move-diamond-source.png"),
               ("editing", 13, "erase-triangle-source.png"), ("reasoning_editing", 11, "paint-diamond-source.png"))
@@ -100,9 +104,11 @@ def nano_sample(capability: str, index: int) -> world.Sample:
     return world.dataset("train", 16, seed=NANO_SEED, capabilities=(capability,))[index]
 
 
-def nano_examples() -> dict:
-    """The nano entries' ``examples:`` (image paths relative to the repository root, as in contestants.yaml)."""
-    return {"prompts": [nano_sample(*key).prompt for key in NANO_PROMPTS],
+def nano_examples(plain: bool = False) -> dict:
+    """The nano entries' ``examples:`` (image paths relative to the repository root, as in contestants.yaml);
+    ``plain`` puts the bare :data:`NANO_PLAIN` prompt first."""
+    bare = [world.plain_samples("train", 16, seed=NANO_SEED)[NANO_PLAIN].prompt] if plain else []
+    return {"prompts": bare + [nano_sample(*key).prompt for key in NANO_PROMPTS],
             "edits": [{"image": f"assets/examples/nano/{name}", "instruction": nano_sample(capability, index).prompt}
                       for capability, index, name in NANO_EDITS]}
 
@@ -116,7 +122,7 @@ def main() -> None:
         nano_sample(capability, index).source_image(NANO_SIZE).save(HERE / "nano" / name, format="PNG")
     (HERE / "examples.json").write_text(json.dumps(EXAMPLES, indent=2) + "\n", encoding="utf-8")
     print(f"wrote {len(IMAGES)} images and examples.json to {HERE}, {len(NANO_EDITS)} nano sources to {HERE / 'nano'}")
-    print("nano examples (contestants.yaml):", json.dumps(nano_examples(), indent=2))
+    print("deepgen-nano examples (contestants.yaml):", json.dumps(nano_examples(plain=True), indent=2))
 
 
 if __name__ == "__main__":

@@ -74,6 +74,11 @@ def test_full_profile_ships_and_runs_stage3(tmp_path):
     assert dry_run(tmp_path, "full").returncode == 0
     steps = [" ".join(args) for args in calls(tmp_path)]
     assert "--steps 6000 --batch-size 256 --lr 1e-3" in next(step for step in steps if "pretrain_dit.py" in step)
+    # Stage 2 as shipped (docs/nano.md, nano14): 6,000 steps on the latest prompt version and version 1, equal weight.
+    assert any("--prompt-version 1" in step for step in steps if "make_data.py" in step)
+    stage2 = next(step for step in steps if "stage2_sft.py" in step)
+    assert "max_steps=6000" in stage2 and "path: runs/nano/data, weight: 0.5" in stage2
+    assert "path: runs/nano/data-v1, weight: 0.5" in stage2
     ships = [step.split()[-1] for step in steps if "ship.py" in step]
     assert ships == ["deepgen/assets/deepgen-nano-stage1", "deepgen/assets/deepgen-nano-sft",
                      "deepgen/assets/deepgen-nano-rl"]
