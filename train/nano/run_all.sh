@@ -110,8 +110,8 @@ log "stage 1 done"
 #    weight. (The ablation's stage 2, whose lesson docs/nano.md gives, is in train/nano/README.md; it doubles this
 #    step's time, so this script leaves it out.)
 MIX="data.sources=[{format: parquet, path: $RUNS/data, weight: 0.5}, {format: parquet, path: $RUNS/data-v1, weight: 0.5}]"
-OMP_NUM_THREADS=2 python train/stage2_sft.py --config train/configs/nano-stage2.yaml max_steps=$STAGE2_STEPS $STAGE \
-    "$MIX" model.pretrained="$RUNS/stage1/final" output_dir="$RUNS/sft"
+OMP_NUM_THREADS=2 python train/stage2_sft.py --config train/configs/nano-stage2.yaml max_steps=$STAGE2_STEPS "$MIX" \
+    $STAGE_EXTRA model.pretrained="$RUNS/stage1/final" output_dir="$RUNS/sft"
 log "stage 2 done"
 
 # 6. Evaluate every stage on the held-out split and print their table (train/nano/results_table.py).
