@@ -100,12 +100,30 @@ def test_compare_cli_pairs_two_models_on_the_same_samples(tiny_pipe, tmp_path, m
         evaluate.main()
     capsys.readouterr()
     monkeypatch.setattr(sys, "argv", ["compare_evals.py", "--base", str(tmp_path / "a.json"),
-                                      "--candidate", str(tmp_path / "b.json"), "--resamples", "100"])
+                                      "--candidate", str(tmp_path / "b.json"), "--resamples", "100",
+                                      "--tolerance", "0.01", "0.01"])
     compare_evals.main()
     table = capsys.readouterr().out
     assert "| **overall** | 10 |" in table and "+0.000 | [+0.000, +0.000] |" in table  # same model, same samples
+    assert table.rstrip().endswith("within the tolerance (overall >= -0.010, every capability >= -0.010)")
     with pytest.raises(ValueError, match="different settings \\(eval_seed\\)"):
         compare_evals.load_pairs([tmp_path / "a.json"], [tmp_path / "other.json"])
+
+
+def test_tolerance_verdict_names_each_loss_beyond_its_limit():
+    def row(delta):
+        return {"n": 100, "base": 0.5, "candidate": 0.5 + delta, "delta": delta, "low": delta - 0.1, "high": delta}
+
+    table = {"generation": row(-0.059), "text_rendering": row(-0.061), "overall": row(-0.02)}
+    verdict = compare_evals.tolerance_verdict(table, 0.03, 0.06)
+    assert verdict.startswith("outside the tolerance (overall >= -0.030, every capability >= -0.060)")
+    assert "text_rendering -0.061 < -0.060" in verdict and "generation" not in verdict
+    table["text_rendering"] = row(+0.2)
+    assert compare_evals.tolerance_verdict(table, 0.03, 0.06).startswith("within the tolerance")
+    table["overall"] = row(-0.031)
+    assert compare_evals.tolerance_verdict(table, 0.03, 0.06).endswith("overall -0.031 < -0.030")
+    with pytest.raises(ValueError, match="Tolerances are losses"):
+        compare_evals.tolerance_verdict(table, -0.03, 0.06)
 
 
 def test_plain_prompts_are_scored_apart_from_the_capabilities(tiny_pipe):

@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import functools
+import sys
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -12,6 +14,7 @@ from deepgen import builtin
 from deepgen.nano import shapeeval, world
 from deepgen.builtin import BUILTIN_CHECKPOINTS
 from deepgen.config import get_preset
+from deepgen.model import build_bridge
 from deepgen.pipeline import DeepGenPipeline
 
 SHIPPED = [name for name in ("deepgen-nano-stage1", "deepgen-nano-sft", "deepgen-nano", "deepgen-nano-v2-rl")
@@ -96,3 +99,27 @@ def test_deepgen_nano_is_the_latest_shipped_stage(tmp_path):
     rl.mkdir()
     (rl / "model_index.json").write_text("{}")
     assert builtin._latest_stage(rl, sft) == rl
+
+
+@pytest.mark.skipif("deepgen-nano-stage1" not in SHIPPED, reason="the built-in stage 1 is not shipped")
+def test_assemble_base_takes_the_pretrained_parts_of_a_stage1_pipeline(tmp_path, monkeypatch):
+    """The hour profile's base: the built-in stage 1's VLM, DiT and VAE (stage 1 never trains them), fresh bridge."""
+    sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "train" / "nano"))
+    import assemble_base
+
+    source = BUILTIN_CHECKPOINTS["deepgen-nano-stage1"]
+    monkeypatch.setattr(sys, "argv", ["assemble_base.py", "--from-pipeline", str(source), "--out", str(tmp_path)])
+    assemble_base.main()
+    base = DeepGenPipeline.from_pretrained(tmp_path)
+    stage1 = load_shipped("deepgen-nano-stage1")
+    for part in ("vlm", "transformer", "vae"):
+        ours, theirs = getattr(base, part).state_dict(), getattr(stage1, part).state_dict()
+        assert ours.keys() == theirs.keys() and all(torch.equal(ours[k], theirs[k]) for k in ours), part
+        assert {tensor.dtype for tensor in ours.values()} == {torch.float32}
+    assert base.tokenizer.get_vocab() == stage1.tokenizer.get_vocab()
+    torch.manual_seed(0)
+    fresh = build_bridge(get_preset("nano")).state_dict()
+    assert all(torch.equal(value, fresh[key]) for key, value in base.scb.state_dict().items())
+    monkeypatch.setattr(sys, "argv", ["assemble_base.py", "--from-pipeline", str(source), "--dit", "x"])
+    with pytest.raises(SystemExit):
+        assemble_base.main()

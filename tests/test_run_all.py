@@ -53,19 +53,33 @@ def test_every_step_names_an_existing_script_and_config(tmp_path, profile):
         if "--config" in args:
             assert (REPO / args[args.index("--config") + 1]).is_file()
     scripts = [Path(script).name for _, script, *_ in steps]
-    order = ["make_data.py", "pretrain_vae.py", "pretrain_dit.py", "assemble_base.py", "stage1_align.py",
-             "stage2_sft.py", "evaluate.py", "results_table.py"]
+    pretraining = ["pretrain_vae.py", "pretrain_dit.py"] if profile == "full" else []
+    order = ["make_data.py", *pretraining, "assemble_base.py", "stage1_align.py", "stage2_sft.py", "evaluate.py",
+             "results_table.py"]
     assert [s for s in dict.fromkeys(scripts) if s in order] == order
 
 
-def test_hour_profile_budgets_and_scope(tmp_path):
+def test_hour_profile_runs_the_deepgen_stages_on_the_shipped_base_and_holds_them_to_the_shipped_model(tmp_path):
     assert dry_run(tmp_path, "hour").returncode == 0
     steps = [" ".join(args) for args in calls(tmp_path)]
     runs = "runs/nano-hour"
     assert all(runs in step for step in steps if "make_data" in step or "stage" in step)
-    dit = next(step for step in steps if "pretrain_dit.py" in step)
-    assert "--steps 1400 --batch-size 64 --lr 3e-3" in dit
-    assert any("stage2_sft.py" in step and "max_steps=1700" in step for step in steps)
+    # The base parts are the built-in stage 1's (never trained by stage 1), under a fresh bridge; nothing pretrained.
+    assert not any(name in step for step in steps for name in ("pretrain_vae.py", "pretrain_vlm.py", "pretrain_dit"))
+    assemble = next(step for step in steps if "assemble_base.py" in step)
+    assert "--from-pipeline deepgen/assets/deepgen-nano-stage1 --out runs/nano-hour/base" in assemble
+    assert any("stage1_align.py" in step and "max_steps=2000" in step for step in steps)
+    stage2 = next(step for step in steps if "stage2_sft.py" in step)
+    assert "max_steps=5000" in stage2 and "path: runs/nano-hour/data-v1, weight: 0.5" in stage2
+    # Its stage 2 and the shipped one are scored on the same draw, then compared with the stated tolerance.
+    evaluated = [step.split("--model ")[1].split()[0] for step in steps if "evaluate.py" in step]
+    assert sorted(evaluated) == ["deepgen/assets/deepgen-nano-sft", "runs/nano-hour/base",
+                                 "runs/nano-hour/sft/final", "runs/nano-hour/stage1/final"]  # two at a time
+    for builtin in ("deepgen-nano-stage1", "deepgen-nano-sft"):
+        assert (REPO / "deepgen" / "assets" / builtin / "model_index.json").is_file()
+    compare = next(step for step in steps if "compare_evals.py" in step)
+    assert ("--base runs/nano-hour/eval/reference.json --candidate runs/nano-hour/eval/sft.json "
+            "--tolerance 0.03 0.06") in compare
     # No shipping over the built-in models, no ablation, no stage 3.
     assert not any(name in step for step in steps for name in ("ship.py", "lastlayer", "stage3_grpo.py"))
 

@@ -51,6 +51,17 @@ def format_comparison(table: dict[str, dict[str, float]], level: float) -> str:
     return "\n".join(lines)
 
 
+def tolerance_verdict(table: dict[str, dict[str, float]], overall: float, capability: float) -> str:
+    """Whether the candidate is within ``overall`` of the base on the overall score and within ``capability`` on
+    every capability (mean paired differences, candidate - base); one line, naming each miss."""
+    if overall < 0 or capability < 0:
+        raise ValueError(f"Tolerances are losses, >= 0; got {overall} and {capability}.")
+    misses = [f"{name} {row['delta']:+.3f} < -{overall if name == 'overall' else capability:.3f}"
+              for name, row in table.items() if row["delta"] < -(overall if name == "overall" else capability)]
+    limits = f"overall >= -{overall:.3f}, every capability >= -{capability:.3f}"
+    return f"outside the tolerance ({limits}): {'; '.join(misses)}" if misses else f"within the tolerance ({limits})"
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--base", type=Path, nargs="+", required=True, help="evaluate.py JSON files of the base")
@@ -59,13 +70,19 @@ def main() -> None:
     parser.add_argument("--resamples", type=int, default=10_000)
     parser.add_argument("--level", type=float, default=0.95)
     parser.add_argument("--seed", type=int, default=0, help="seed of the bootstrap")
+    parser.add_argument("--tolerance", type=float, nargs=2, metavar=("OVERALL", "CAPABILITY"), default=None,
+                        help="also say whether the candidate loses at most OVERALL on the overall score and at most "
+                             "CAPABILITY on every capability (mean differences), e.g. --tolerance 0.03 0.06")
     args = parser.parse_args()
     try:
         bases, candidates = load_pairs(args.base, args.candidate)
         table = shapeeval.compare(bases, candidates, args.resamples, args.level, args.seed)
+        verdict = tolerance_verdict(table, *args.tolerance) if args.tolerance else None
     except ValueError as error:
         parser.error(str(error))
     print(format_comparison(table, args.level))
+    if verdict:
+        print(f"\n{verdict}")
 
 
 if __name__ == "__main__":

@@ -1,27 +1,33 @@
 #!/usr/bin/env bash
 # The whole DeepGen-nano recipe, from an empty runs folder to evaluated checkpoints (train/nano/README.md).
 #   bash train/nano/run_all.sh               # PROFILE=full: the shipped budgets, shipped + stage 3 (docs/rl.md)
-#   PROFILE=hour bash train/nano/run_all.sh  # every budget cut to fit about an hour on a 2-core CPU (runs/nano-hour)
+#   PROFILE=hour bash train/nano/run_all.sh  # DeepGen's stages 1-2 on the shipped base parts, in an hour (runs/nano-hour)
 #   PROFILE=smoke RUNS=/tmp/x bash train/nano/run_all.sh  # every script for real, 1-2 steps each (a few minutes)
-# full: the base DiT is the long step, minutes on a GPU and hours on a 2-core CPU (pretrain_dit.py
-# trains on a GPU when one is present); it ends by shipping the built-in models and running stage 3.
-# hour: smaller VAE/VLM/DiT/stage-2 budgets (the DiT's schedule chosen by a search at that budget, docs/nano.md,
-# "The recipe in an hour"), no SCB ablation, no shipping, no stage 3: it shows the recipe end to end on a laptop.
-# smoke: 40 samples, 1-2 steps per script, one evaluation sample per capability: the hour profile's steps, then
-# shipping and stage 3 into $ASSETS (default $RUNS/assets; deepgen/assets is refused); tests/test_run_all.py runs
-# it. Its time is mostly the ~25 Python start-ups: 3-7 minutes on two cores shared with other work.
+# full: trains every component from scratch; the base DiT is the long step, minutes on a GPU and hours on a 2-core
+# CPU (pretrain_dit.py trains on a GPU when one is present); it ends by shipping the built-in models and running
+# stage 3.
+# hour: DeepGen's own recipe as the authors ran it, from pretrained parts: the VLM, DiT and VAE are the built-in
+# stage 1's (which stage 1 never trains; the nano stand-ins for Qwen2.5-VL-3B, UniPic2-SD3.5M-Kontext and SD3's VAE),
+# under a fresh bridge; stage 1 and stage 2 at cut budgets, no ablation, no shipping, no stage 3. It ends by scoring
+# its stage 2 against the shipped deepgen-nano-sft on the same draw, with the tolerance docs/nano.md states.
+# smoke: 40 samples, 1-2 steps per script, one evaluation sample per capability: the full profile's steps (the base
+# parts pretrained from scratch), shipping and stage 3 into $ASSETS (default $RUNS/assets; deepgen/assets is
+# refused); tests/test_run_all.py runs it. Its time is mostly the ~25 Python start-ups: 3-7 minutes on two cores
+# shared with other work.
 # RUNS (the output folder, any profile) and ASSETS (where full and smoke ship; full: deepgen/assets) may be set in
 # the environment.
 # Every step resumes from its checkpoint when re-run, so a killed run continues where it stopped.
 # Two single-threaded jobs run side by side where steps are independent (this recipe targets a 2-core CPU).
-# It trains every component from scratch on the world's current split. The shipped models took a shorter path:
-# base components pretrained on the first split, continued on the current one (docs/nano.md, "Commands").
+# The full profile trains every component from scratch on the world's current split. The shipped models took a
+# shorter path: base components pretrained on the first split, continued on the current one (docs/nano.md).
 set -euo pipefail
 cd "$(dirname "$0")/../.."
 export OMP_NUM_THREADS=1
 PROFILE=${PROFILE:-full}
-# Per-profile extras, empty outside smoke: batch sizes and evaluation budgets the scripts otherwise default.
-VAE_EXTRA="" VLM_EXTRA="" DIT_EVAL="" STAGE_EXTRA="" RL_EXTRA=""
+# Per-profile extras, empty outside smoke: batch sizes and evaluation budgets the scripts otherwise default; and,
+# set by hour only, where the base parts come from and the shipped model (with the tolerance) its stage 2 is held to.
+VAE_EXTRA="" VLM_EXTRA="" DIT="" DIT_EVAL="" STAGE_EXTRA="" RL_EXTRA=""
+BASE_FROM="" REFERENCE="" TOLERANCE=""
 case "$PROFILE" in
     full)
         RUNS=${RUNS:-runs/nano} ASSETS=${ASSETS:-deepgen/assets} SHIP=1 ABLATION=1 NUM_SAMPLES=40000
@@ -30,8 +36,8 @@ case "$PROFILE" in
         EVAL_N=100 EVAL_STEPS=12 ;;
     hour)
         RUNS=${RUNS:-runs/nano-hour} ASSETS="" SHIP=0 ABLATION=0 NUM_SAMPLES=40000
-        VAE_STEPS=1200 DECODER_STEPS=400 VLM_STEPS=1000 STAGE1_STEPS=2000 STAGE2_STEPS=1700
-        DIT="--steps 1400 --batch-size 64 --lr 3e-3 --max-samples 35000"
+        BASE_FROM=deepgen/assets/deepgen-nano-stage1 REFERENCE=deepgen/assets/deepgen-nano-sft
+        STAGE1_STEPS=2000 STAGE2_STEPS=5000 TOLERANCE="0.03 0.06"
         EVAL_N=100 EVAL_STEPS=12 ;;
     smoke)
         RUNS=${RUNS:-runs/nano-smoke} SHIP=1 ABLATION=0 NUM_SAMPLES=40
@@ -70,25 +76,31 @@ python train/nano/make_data.py --out "$RUNS/data" --num-samples $NUM_SAMPLES
 python train/nano/make_data.py --out "$RUNS/data-v1" --num-samples $NUM_SAMPLES --prompt-version 1
 log "data written"
 
-# 2. Base components, standing in for Qwen2.5-VL-3B, SD3's VAE and UniPic2-SD3.5M-Kontext.
-#    The VAE, then its decoder alone fine-tuned without the object weighting (which makes objects bleed into the
-#    background; the encoder, and so the DiT's latent space, is unchanged), side by side with the VLM.
-{
-    python train/nano/pretrain_vae.py --data "$RUNS/data" --out "$RUNS/vae" --steps $VAE_STEPS --batch-size 16 $VAE_EXTRA
-    python train/nano/pretrain_vae.py --data "$RUNS/data" --init "$RUNS/vae" --decoder-only \
-        --out "$RUNS/vae-decoder" --steps $DECODER_STEPS --lr 3e-4 --foreground-weight 2 $VAE_EXTRA
-} &
-python train/nano/pretrain_vlm.py --data "$RUNS/data" --out "$RUNS/vlm" --steps $VLM_STEPS $VLM_EXTRA &
-wait_all
-log "VAE and VLM pretrained"
-# The DiT learns on the first VAE's latents; both cores (or the GPU).
-python train/nano/pretrain_dit.py --data "$RUNS/data" --vae "$RUNS/vae" --out "$RUNS/dit" $DIT --eval-per-capability 0
-log "DiT pretrained"
-# ShapeEval of the base DiT with its stand-in text encoder, decoded by the fine-tuned decoder.
-python train/nano/pretrain_dit.py --data "$RUNS/data" --vae "$RUNS/vae-decoder" --out "$RUNS/dit" $DIT $DIT_EVAL
+# 2. Base components, standing in for Qwen2.5-VL-3B, SD3's VAE and UniPic2-SD3.5M-Kontext, pretrained here unless
+#    taken from $BASE_FROM (hour). The VAE, then its decoder alone fine-tuned without the object weighting (which
+#    makes objects bleed into the background; the encoder, and so the DiT's latent space, is unchanged), side by side
+#    with the VLM.
+BASE="--vlm $RUNS/vlm --dit $RUNS/dit/transformer --vae $RUNS/vae-decoder"
+if [ -z "$BASE_FROM" ]; then
+    {
+        python train/nano/pretrain_vae.py --data "$RUNS/data" --out "$RUNS/vae" --steps $VAE_STEPS --batch-size 16 \
+            $VAE_EXTRA
+        python train/nano/pretrain_vae.py --data "$RUNS/data" --init "$RUNS/vae" --decoder-only \
+            --out "$RUNS/vae-decoder" --steps $DECODER_STEPS --lr 3e-4 --foreground-weight 2 $VAE_EXTRA
+    } &
+    python train/nano/pretrain_vlm.py --data "$RUNS/data" --out "$RUNS/vlm" --steps $VLM_STEPS $VLM_EXTRA &
+    wait_all
+    log "VAE and VLM pretrained"
+    # The DiT learns on the first VAE's latents; both cores (or the GPU).
+    python train/nano/pretrain_dit.py --data "$RUNS/data" --vae "$RUNS/vae" --out "$RUNS/dit" $DIT --eval-per-capability 0
+    log "DiT pretrained"
+    # ShapeEval of the base DiT with its stand-in text encoder, decoded by the fine-tuned decoder.
+    python train/nano/pretrain_dit.py --data "$RUNS/data" --vae "$RUNS/vae-decoder" --out "$RUNS/dit" $DIT $DIT_EVAL
+else
+    BASE="--from-pipeline $BASE_FROM"
+fi
 
 # 3. Base pipelines: pretrained VLM + fresh SCB bridge + pretrained DiT/VAE; and the ablation (last layer only).
-BASE="--vlm $RUNS/vlm --dit $RUNS/dit/transformer --vae $RUNS/vae-decoder"
 python train/nano/assemble_base.py $BASE --out "$RUNS/base"
 
 # 4. Stage 1 (alignment; VLM and DiT frozen); in the full profile beside its last-layer ablation, same budget.
@@ -127,13 +139,25 @@ if [ "$ABLATION" = 1 ]; then
     python train/evaluate.py --model "$RUNS/sft/final" $EVAL --split train --eval-seed 7 \
         --out "$RUNS/eval/sft-train.json"
     ROWS+=("ablation: stage 1, last layer only=$RUNS/eval/ablation-stage1.json")
+elif [ -n "$REFERENCE" ]; then
+    python train/evaluate.py --model "$RUNS/sft/final" $EVAL --out "$RUNS/eval/sft.json" &
+    python train/evaluate.py --model "$REFERENCE" $EVAL --out "$RUNS/eval/reference.json" &
+    wait_all
+    ROWS+=("shipped: $(basename "$REFERENCE")=$RUNS/eval/reference.json")
 else
     OMP_NUM_THREADS=2 python train/evaluate.py --model "$RUNS/sft/final" ${EVAL/--threads 1/--threads 2} \
         --out "$RUNS/eval/sft.json"
 fi
 log "evaluated"
-python train/nano/results_table.py "${ROWS[@]}" \
-    "reference: base DiT + its stand-in text encoder=$RUNS/dit/standin_shapeeval.json" | tee "$RUNS/eval/results.md"
+if [ -z "$BASE_FROM" ]; then
+    ROWS+=("reference: base DiT + its stand-in text encoder=$RUNS/dit/standin_shapeeval.json")
+fi
+python train/nano/results_table.py "${ROWS[@]}" | tee "$RUNS/eval/results.md"
+if [ -n "$REFERENCE" ]; then
+    # Stage 2 against the shipped model on the same samples: paired differences and the tolerance's verdict.
+    python train/compare_evals.py --base "$RUNS/eval/reference.json" --candidate "$RUNS/eval/sft.json" \
+        --tolerance $TOLERANCE | tee "$RUNS/eval/vs-shipped.md"
+fi
 [ "$SHIP" = 1 ] || exit 0
 
 # 7. Ship (float16) the stages as the built-in models (into $ASSETS: deepgen/assets in the full profile).
