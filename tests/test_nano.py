@@ -67,8 +67,8 @@ def test_shipped_nano_generates_and_edits_64px(shipped):
 
 
 # Minimum (colour, shape) accuracy on the eight prompts below; a random guess gets 1/8 of colours and 1/4 of
-# shapes. Measured with the shipped weights: stage 1 1.0 / 0.75, SFT (nano14, also `deepgen-nano` until its stage
-# 3 is shipped) 1.0 / 1.0, the previous chain's RL 1.0 / 0.875; the margins allow one prompt less for float
+# shapes. Measured with the shipped weights: stage 1 1.0 / 0.75, SFT (nano14, also `deepgen-nano`: its stage 3 did
+# not ship) 1.0 / 1.0, the previous chain's RL 1.0 / 0.875; the margins allow one prompt less for float
 # differences across platforms.
 CHANCE_MARGINS = {"deepgen-nano-stage1": (0.875, 0.625), "deepgen-nano-sft": (0.875, 0.875),
                   "deepgen-nano": (0.875, 0.875), "deepgen-nano-v2-rl": (0.875, 0.75)}

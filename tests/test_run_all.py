@@ -31,7 +31,7 @@ def dry_run(tmp_path: Path, profile: str, **variables: str) -> subprocess.Comple
     fake.chmod(fake.stat().st_mode | stat.S_IEXEC)
     env = {**os.environ, "PATH": f"{bin_dir}{os.pathsep}{os.environ['PATH']}", "PROFILE": profile,
            "CALLS": str(tmp_path / "calls.txt"), **variables}
-    for name in ("RUNS", "ASSETS"):
+    for name in ("RUNS", "ASSETS", "SHIP_RL"):
         if name not in variables:
             env.pop(name, None)
     return subprocess.run(["bash", str(tmp_path / "train" / "nano" / "run_all.sh")], check=False, env=env,
@@ -84,7 +84,7 @@ def test_hour_profile_runs_the_deepgen_stages_on_the_shipped_base_and_holds_them
     assert not any(name in step for step in steps for name in ("ship.py", "lastlayer", "stage3_grpo.py"))
 
 
-def test_full_profile_ships_and_runs_stage3(tmp_path):
+def test_full_profile_ships_stages_1_and_2_and_scores_stage3(tmp_path):
     assert dry_run(tmp_path, "full").returncode == 0
     steps = [" ".join(args) for args in calls(tmp_path)]
     assert "--steps 6000 --batch-size 256 --lr 1e-3" in next(step for step in steps if "pretrain_dit.py" in step)
@@ -93,10 +93,21 @@ def test_full_profile_ships_and_runs_stage3(tmp_path):
     stage2 = next(step for step in steps if "stage2_sft.py" in step)
     assert "max_steps=6000" in stage2 and "path: runs/nano/data, weight: 0.5" in stage2
     assert "path: runs/nano/data-v1, weight: 0.5" in stage2
+    # Stage 3 as round 10 ran it (docs/rl.md): three seeds on prompt version 3, averaged, scored beside stage 2; it
+    # fell short of stage 2, so it ships only when asked.
+    rl = [step for step in steps if "stage3_grpo.py" in step]
+    assert len(rl) == 3 and all("grpo.prompts.options.prompt_version=3" in step for step in rl)
+    assert any("evaluate.py --model runs/nano/rl-avg" in step for step in steps)
+    assert any("compare_evals.py --base runs/nano/eval/sft.json --candidate runs/nano/eval/rl.json" in step
+               for step in steps)
     ships = [step.split()[-1] for step in steps if "ship.py" in step]
-    assert ships == ["deepgen/assets/deepgen-nano-stage1", "deepgen/assets/deepgen-nano-sft",
-                     "deepgen/assets/deepgen-nano-rl"]
-    assert sum("stage3_grpo.py" in step for step in steps) == 3
+    assert ships == ["deepgen/assets/deepgen-nano-stage1", "deepgen/assets/deepgen-nano-sft"]
+
+
+def test_full_profile_ships_stage3_when_asked(tmp_path):
+    assert dry_run(tmp_path, "full", SHIP_RL="1").returncode == 0
+    ships = [args[-1] for args in calls(tmp_path) if "train/nano/ship.py" in args]
+    assert ships[-1] == "deepgen/assets/deepgen-nano-rl" and len(ships) == 3
 
 
 def test_unknown_profile_is_refused(tmp_path):
@@ -133,6 +144,7 @@ def test_smoke_profile_runs_every_script_for_real(tmp_path):
     before = _tree_state(assets)
     env = {**os.environ, "PROFILE": "smoke", "RUNS": str(runs), "PYTHONPATH": str(REPO)}
     env.pop("ASSETS", None)
+    env.pop("SHIP_RL", None)
     result = subprocess.run(["bash", str(SCRIPT)], check=False, env=env, capture_output=True, text=True,
                             timeout=1200)
     assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
