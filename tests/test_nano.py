@@ -102,7 +102,7 @@ def test_deepgen_nano_is_the_latest_shipped_stage(tmp_path):
 
 
 @pytest.mark.skipif("deepgen-nano-stage1" not in SHIPPED, reason="the built-in stage 1 is not shipped")
-def test_assemble_base_takes_the_pretrained_parts_of_a_stage1_pipeline(tmp_path, monkeypatch):
+def test_assemble_base_takes_the_pretrained_parts_of_a_stage1_pipeline(tmp_path, monkeypatch, capsys):
     """The hour profile's base: the built-in stage 1's VLM, DiT and VAE (stage 1 never trains them), fresh bridge."""
     sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "train" / "nano"))
     import assemble_base
@@ -120,6 +120,11 @@ def test_assemble_base_takes_the_pretrained_parts_of_a_stage1_pipeline(tmp_path,
     torch.manual_seed(0)
     fresh = build_bridge(get_preset("nano")).state_dict()
     assert all(torch.equal(value, fresh[key]) for key, value in base.scb.state_dict().items())
-    monkeypatch.setattr(sys, "argv", ["assemble_base.py", "--from-pipeline", str(source), "--dit", "x"])
-    with pytest.raises(SystemExit):
-        assemble_base.main()
+    sft = str(BUILTIN_CHECKPOINTS["deepgen-nano-sft"])
+    for wrong, message in ((["--from-pipeline", str(source), "--dit", "x"], "drop --dit or --from-pipeline"),
+                           (["--from-pipeline", sft], "holds a VLM LoRA, so it is a stage-2 or stage-3 output")):
+        monkeypatch.setattr(sys, "argv", ["assemble_base.py", *wrong, "--out", str(tmp_path / "never")])
+        with pytest.raises(SystemExit):
+            assemble_base.main()
+        assert message in capsys.readouterr().err
+    assert not (tmp_path / "never").exists()

@@ -56,6 +56,10 @@ def main() -> None:
         if given:
             parser.error(f"--from-pipeline takes the VLM, DiT and VAE from {args.from_pipeline}; drop "
                          f"{', '.join(given)} or --from-pipeline.")
+        if (args.from_pipeline / "vlm_lora").is_dir():
+            parser.error(f"{args.from_pipeline} holds a VLM LoRA, so it is a stage-2 or stage-3 output whose VLM and "
+                         "DiT are no longer the pretrained ones; take the parts from a stage-1 output such as "
+                         "deepgen/assets/deepgen-nano-stage1.")
         source = DeepGenPipeline.from_pretrained(args.from_pipeline, torch_dtype=torch.float32)
         parts = {"vlm": source.vlm, "tokenizer": source.tokenizer, "transformer": source.transformer,
                  "vae": source.vae}
