@@ -104,7 +104,7 @@ def test_deepgen_nano_is_the_latest_shipped_stage(tmp_path):
 @pytest.mark.skipif("deepgen-nano-stage1" not in SHIPPED, reason="the built-in stage 1 is not shipped")
 def test_assemble_base_takes_the_pretrained_parts_of_a_stage1_pipeline(tmp_path, monkeypatch, capsys):
     """The hour profile's base: the built-in stage 1's VLM, DiT and VAE (stage 1 never trains them), fresh bridge."""
-    sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "train" / "nano"))
+    monkeypatch.syspath_prepend(Path(__file__).resolve().parents[1] / "train" / "nano")
     import assemble_base
 
     source = BUILTIN_CHECKPOINTS["deepgen-nano-stage1"]

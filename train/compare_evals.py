@@ -56,8 +56,11 @@ def tolerance_verdict(table: dict[str, dict[str, float]], overall: float, capabi
     every capability (mean paired differences, candidate - base); one line, naming each miss."""
     if overall < 0 or capability < 0:
         raise ValueError(f"Tolerances are losses, >= 0; got {overall} and {capability}.")
-    misses = [f"{name} {row['delta']:+.3f} < -{overall if name == 'overall' else capability:.3f}"
-              for name, row in table.items() if row["delta"] < -(overall if name == "overall" else capability)]
+    misses = []
+    for name, row in table.items():
+        limit = overall if name == "overall" else capability
+        if row["delta"] < -limit:
+            misses.append(f"{name} {row['delta']:+.3f} < -{limit:.3f}")
     limits = f"overall >= -{overall:.3f}, every capability >= -{capability:.3f}"
     return f"outside the tolerance ({limits}): {'; '.join(misses)}" if misses else f"within the tolerance ({limits})"
 
