@@ -126,6 +126,24 @@ def test_tolerance_verdict_names_each_loss_beyond_its_limit():
         compare_evals.tolerance_verdict(table, -0.03, 0.06)
 
 
+def test_tolerance_verdict_holds_the_plain_prompts_to_their_targets_pooled_over_draws():
+    def draw(n, count):
+        return {"subsets": {"plain": {"n": n, "count": count, "colour": 1.0, "shape": 0.9}}}
+
+    plain = compare_evals.plain_scores([draw(100, 0.95), draw(300, 0.85)])
+    assert plain == pytest.approx({"count": 0.875, "colour": 1.0, "shape": 0.9})
+    table = {"overall": {"n": 400, "base": 0.6, "candidate": 0.6, "delta": 0.0, "low": -0.01, "high": 0.01}}
+    targets = {"count": 0.9, "colour": 0.95, "shape": 0.85}
+    verdict = compare_evals.tolerance_verdict(table, 0.03, 0.06, plain=plain, plain_targets=targets)
+    assert verdict.startswith("outside the tolerance (overall >= -0.030, every capability >= -0.060, plain count "
+                              ">= 0.90, colour >= 0.95, shape >= 0.85)")
+    assert verdict.endswith(": plain count 0.875 < 0.900")
+    assert compare_evals.tolerance_verdict(table, 0.03, 0.06, plain=plain, plain_targets={"count": 0.85},
+                                           ).startswith("within the tolerance")
+    with pytest.raises(ValueError, match="no plain-prompt subset"):
+        compare_evals.plain_scores([draw(100, 1.0), {"subsets": {}}])
+
+
 def test_plain_prompts_are_scored_apart_from_the_capabilities(tiny_pipe):
     without = evaluate.evaluate_pipeline(tiny_pipe, per_capability=2, steps=1, size=32)
     results = evaluate.evaluate_pipeline(tiny_pipe, per_capability=2, steps=1, size=32, plain=3)

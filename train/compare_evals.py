@@ -14,7 +14,7 @@ from __future__ import annotations
 import argparse
 import json
 from pathlib import Path
-from typing import Any
+from typing import Any, Optional
 
 from deepgen.nano import shapeeval
 
@@ -51,9 +51,25 @@ def format_comparison(table: dict[str, dict[str, float]], level: float) -> str:
     return "\n".join(lines)
 
 
-def tolerance_verdict(table: dict[str, dict[str, float]], overall: float, capability: float) -> str:
+PLAIN_CRITERIA = ("count", "colour", "shape")
+
+
+def plain_scores(results: list[dict[str, Any]]) -> dict[str, float]:
+    """The plain-prompt subset's count, colour and shape accuracy, pooled over draws (weighted by sample count)."""
+    subsets = [r.get("subsets", {}).get("plain") for r in results]
+    if not all(subsets):
+        raise ValueError("A candidate file has no plain-prompt subset (subsets.plain); evaluate it with "
+                         "train/evaluate.py of this version (it scores plain prompts unless --plain 0).")
+    total = sum(subset["n"] for subset in subsets)
+    return {key: sum(subset[key] * subset["n"] for subset in subsets) / total for key in PLAIN_CRITERIA}
+
+
+def tolerance_verdict(table: dict[str, dict[str, float]], overall: float, capability: float,
+                      plain: Optional[dict[str, float]] = None,
+                      plain_targets: Optional[dict[str, float]] = None) -> str:
     """Whether the candidate is within ``overall`` of the base on the overall score and within ``capability`` on
-    every capability (mean paired differences, candidate - base); one line, naming each miss."""
+    every capability (mean paired differences, candidate - base) and, given ``plain_targets``, whether its
+    ``plain`` scores (:func:`plain_scores`) reach them; one line, naming each miss."""
     if overall < 0 or capability < 0:
         raise ValueError(f"Tolerances are losses, >= 0; got {overall} and {capability}.")
     misses = []
@@ -62,6 +78,11 @@ def tolerance_verdict(table: dict[str, dict[str, float]], overall: float, capabi
         if row["delta"] < -limit:
             misses.append(f"{name} {row['delta']:+.3f} < -{limit:.3f}")
     limits = f"overall >= -{overall:.3f}, every capability >= -{capability:.3f}"
+    if plain_targets:
+        for key, target in plain_targets.items():
+            if plain[key] < target:
+                misses.append(f"plain {key} {plain[key]:.3f} < {target:.3f}")
+        limits += ", plain " + ", ".join(f"{key} >= {target:.2f}" for key, target in plain_targets.items())
     return f"outside the tolerance ({limits}): {'; '.join(misses)}" if misses else f"within the tolerance ({limits})"
 
 
@@ -76,11 +97,20 @@ def main() -> None:
     parser.add_argument("--tolerance", type=float, nargs=2, metavar=("OVERALL", "CAPABILITY"), default=None,
                         help="also say whether the candidate loses at most OVERALL on the overall score and at most "
                              "CAPABILITY on every capability (mean differences), e.g. --tolerance 0.03 0.06")
+    parser.add_argument("--plain-targets", type=float, nargs=3, metavar=PLAIN_CRITERIA, default=None,
+                        help="with --tolerance, also require the candidate's plain prompts to reach these "
+                             "accuracies, e.g. --plain-targets 0.9 0.95 0.85 (issue 20's targets)")
     args = parser.parse_args()
     try:
         bases, candidates = load_pairs(args.base, args.candidate)
         table = shapeeval.compare(bases, candidates, args.resamples, args.level, args.seed)
-        verdict = tolerance_verdict(table, *args.tolerance) if args.tolerance else None
+        if args.plain_targets and not args.tolerance:
+            raise ValueError("--plain-targets is part of a tolerance verdict: give --tolerance too.")
+        verdict = None
+        if args.tolerance:
+            targets = dict(zip(PLAIN_CRITERIA, args.plain_targets)) if args.plain_targets else None
+            plain = plain_scores(candidates) if targets else None
+            verdict = tolerance_verdict(table, *args.tolerance, plain=plain, plain_targets=targets)
     except ValueError as error:
         parser.error(str(error))
     print(format_comparison(table, args.level))
