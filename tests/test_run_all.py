@@ -83,7 +83,7 @@ def test_hour_profile_runs_the_deepgen_stages_on_the_shipped_base_and_holds_them
     # Stage 1 at the shipped budget, stage 2 cut (docs/nano.md), each as two single-threaded DDP processes of 8.
     stage1 = next(step for step in steps if "stage1_align.py" in step)
     stage2 = next(step for step in steps if "stage2_sft.py" in step)
-    assert "max_steps=4800" in stage1
+    assert "max_steps=4800" in stage1 and "data.sources.0.path=runs/nano-hour/data-v1 " in stage1
     assert "max_steps=4400" in stage2 and "path: runs/nano-hour/data-v1, weight: 0.5" in stage2
     for stage in (stage1, stage2):
         assert stage.startswith("1 train/stage") and "batch_size=8" in stage
@@ -92,7 +92,7 @@ def test_hour_profile_runs_the_deepgen_stages_on_the_shipped_base_and_holds_them
     evaluations = [step for step in steps if "evaluate.py" in step]
     evaluated = [step.split("--model ")[1].split()[0] for step in evaluations]
     assert sorted(evaluated) == ["deepgen/assets/deepgen-nano-sft", "runs/nano-hour/sft/final"]  # side by side
-    assert all("--eval-seed 44 --threads 1" in step for step in evaluations)
+    assert all("--eval-seed 45 --threads 1" in step for step in evaluations)
     for builtin in ("deepgen-nano-stage1", "deepgen-nano-sft"):
         assert (REPO / "deepgen" / "assets" / builtin / "model_index.json").is_file()
     compare = next(step for step in steps if "compare_evals.py" in step)

@@ -9,10 +9,11 @@
 # current chain's stage 3 fell short of its stage 2 (docs/rl.md, round 10), so the built-in chain ends at stage 2.
 # hour: DeepGen's own recipe as the authors ran it, from pretrained parts: the VLM, DiT and VAE are the built-in
 # stage 1's (which stage 1 never trains; the nano stand-ins for Qwen2.5-VL-3B, UniPic2-SD3.5M-Kontext and SD3's VAE),
-# under a fresh bridge; stage 1 at the shipped budget and stage 2 at a cut one, each as two single-threaded processes
-# (accelerate, DDP over gloo on loopback: 8 samples each, the same 16 per step, ~30% more steps per minute than one
-# process on two threads), no ablation, no shipping, no stage 3. It ends by scoring its stage 2 against the shipped
-# deepgen-nano-sft on a held-out draw (44) with the tolerance and plain-prompt targets docs/nano.md states.
+# under a fresh bridge; stage 1 at the shipped budget on prompt-version-1 data (as the shipped stage 1) and stage 2
+# at a cut one, each as two single-threaded processes (accelerate, DDP over gloo on loopback: 8 samples each, the
+# same 16 per step, ~30% more steps per minute than one process on two threads), no ablation, no shipping, no
+# stage 3. It ends by scoring its stage 2 against the shipped deepgen-nano-sft on a held-out draw (45) with the
+# tolerance and plain-prompt targets docs/nano.md states.
 # smoke: 40 samples, 1-2 steps per script, one evaluation sample per capability: the full profile's steps (the base
 # parts pretrained from scratch), shipping and stage 3 into $ASSETS (default $RUNS/assets; deepgen/assets is
 # refused); tests/test_run_all.py runs it. Its time is mostly the ~25 Python start-ups: 3-7 minutes on two cores
@@ -29,8 +30,9 @@ export OMP_NUM_THREADS=1
 PROFILE=${PROFILE:-full}
 # Per-profile extras, empty outside smoke: batch sizes and evaluation budgets the scripts otherwise default; and,
 # set by hour only, where the base parts come from and the shipped model (with the tolerance) its stage 2 is held to.
-# DDP=1 runs stages 1 and 2 as two single-threaded processes instead of one on two threads.
-VAE_EXTRA="" VLM_EXTRA="" DIT="" DIT_EVAL="" STAGE_EXTRA="" RL_EXTRA="" DDP=0 EVAL_SEED=0
+# DDP=1 runs stages 1 and 2 as two single-threaded processes instead of one on two threads; STAGE1_DATA is the
+# data folder stage 1 reads (under $RUNS: data, the latest prompt version, or data-v1).
+VAE_EXTRA="" VLM_EXTRA="" DIT="" DIT_EVAL="" STAGE_EXTRA="" RL_EXTRA="" DDP=0 EVAL_SEED=0 STAGE1_DATA=data
 BASE_FROM="" REFERENCE="" TOLERANCE="" PLAIN_TARGETS=""
 case "$PROFILE" in
     full)
@@ -43,8 +45,9 @@ case "$PROFILE" in
         RUNS=${RUNS:-runs/nano-hour} ASSETS="" SHIP=0 ABLATION=0 NUM_SAMPLES=40000
         BASE_FROM=deepgen/assets/deepgen-nano-stage1 REFERENCE=deepgen/assets/deepgen-nano-sft
         STAGE1_STEPS=4800 STAGE2_STEPS=4400 DDP=1 STAGE_EXTRA="batch_size=8 checkpoint_every=500"
+        STAGE1_DATA=data-v1  # as the shipped stage 1 was trained (docs/nano.md, "The recipe in an hour")
         TOLERANCE="0.03 0.06" PLAIN_TARGETS="0.9 0.95 0.85"
-        EVAL_N=100 EVAL_STEPS=12 EVAL_SEED=44 ;;
+        EVAL_N=100 EVAL_STEPS=12 EVAL_SEED=45 ;;
     smoke)
         RUNS=${RUNS:-runs/nano-smoke} SHIP=1 SHIP_RL=${SHIP_RL:-1} ABLATION=0 NUM_SAMPLES=40
         ASSETS=${ASSETS:-$RUNS/assets}
@@ -121,7 +124,7 @@ fi
 python train/nano/assemble_base.py $BASE --out "$RUNS/base"
 
 # 4. Stage 1 (alignment; VLM and DiT frozen); in the full profile beside its last-layer ablation, same budget.
-STAGE1="max_steps=$STAGE1_STEPS $STAGE"
+STAGE1="max_steps=$STAGE1_STEPS data.sources.0.path=$RUNS/$STAGE1_DATA $STAGE_EXTRA"
 if [ "$ABLATION" = 1 ]; then
     python train/nano/assemble_base.py $BASE --out "$RUNS/base-lastlayer" --scb-layers 6
     python train/stage1_align.py --config train/configs/nano-stage1.yaml $STAGE1 \
