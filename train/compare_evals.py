@@ -60,8 +60,8 @@ def plain_scores(results: list[dict[str, Any]]) -> dict[str, float]:
     if not all(subsets):
         raise ValueError("A candidate file has no plain-prompt subset (subsets.plain); evaluate it with "
                          "train/evaluate.py of this version (it scores plain prompts unless --plain 0).")
-    total = sum(subset["n"] for subset in subsets)
-    return {key: sum(subset[key] * subset["n"] for subset in subsets) / total for key in PLAIN_CRITERIA}
+    pooled = shapeeval.pool_draws(subsets)
+    return {key: pooled[key] for key in PLAIN_CRITERIA}
 
 
 def tolerance_verdict(table: dict[str, dict[str, float]], overall: float, capability: float,

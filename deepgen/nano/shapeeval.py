@@ -469,6 +469,17 @@ def evaluate_dataset(images: Sequence[ImageLike], samples: Sequence[MetadataLike
     return {"capabilities": capabilities, "overall": overall, "per_sample": per_sample}
 
 
+def pool_draws(groups: Sequence[Optional[Mapping[str, Any]]]) -> Optional[dict[str, float]]:
+    """One capability's (or subset's) criteria over several draws, each weighted by its ``n``; missing draws
+    (``None``) are left out, and ``None`` comes back when none is left. Keys are those every draw has."""
+    groups = [group for group in groups if group is not None]
+    if not groups:
+        return None
+    total = sum(group["n"] for group in groups)
+    keys = set.intersection(*(set(group) for group in groups)) - {"n"}
+    return {"n": total, **{key: sum(group[key] * group["n"] for group in groups) / total for key in keys}}
+
+
 def compare(base: Sequence[Mapping[str, Any]], candidate: Sequence[Mapping[str, Any]], n_resamples: int = 10_000,
             level: float = 0.95, seed: int = 0) -> dict[str, dict[str, float]]:
     """Paired comparison of two models scored on the same samples, with bootstrap confidence intervals.

@@ -15,9 +15,8 @@ import glob
 import json
 import sys
 from pathlib import Path
-from typing import Optional
 
-from deepgen.nano import world
+from deepgen.nano import shapeeval, world
 
 
 def expand(paths: str) -> list[Path]:
@@ -31,18 +30,9 @@ def expand(paths: str) -> list[Path]:
     return files
 
 
-def pool(groups: list[Optional[dict]]) -> Optional[dict]:
-    """Criteria of the same capability or subset over several draws, weighted by each draw's ``n``."""
-    groups = [group for group in groups if group is not None]
-    if not groups:
-        return None
-    total = sum(group["n"] for group in groups)
-    keys = set.intersection(*(set(group) for group in groups)) - {"n"}
-    return {"n": total, **{key: sum(group[key] * group["n"] for group in groups) / total for key in keys}}
-
-
 def pooled_results(files: list[Path]) -> dict:
     results = [json.loads(path.read_text()) for path in files]
+    pool = shapeeval.pool_draws
     capabilities = {c: pool([r["capabilities"].get(c) for r in results]) for c in world.CAPABILITIES}
     subsets = {s: pool([r.get("subsets", {}).get(s) for r in results]) for s in ("generation_single", "plain")}
     scored = [scores["overall"] for scores in capabilities.values() if scores is not None]
