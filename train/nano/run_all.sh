@@ -158,18 +158,18 @@ else
     python train/evaluate.py --model "$RUNS/stage1/final" $EVAL --out "$RUNS/eval/stage1.json" &
     wait_all
     ROWS=("base (fresh bridge)=$RUNS/eval/base.json" "stage 1=$RUNS/eval/stage1.json" "stage 2 (SFT)=$RUNS/eval/sft.json")
-fi
-if [ "$ABLATION" = 1 ]; then
-    python train/evaluate.py --model "$RUNS/sft/final" $EVAL --out "$RUNS/eval/sft.json" &
-    python train/evaluate.py --model "$RUNS/ablation-stage1/final" $EVAL --out "$RUNS/eval/ablation-stage1.json" &
-    wait_all
-    # The same model on fresh prompts of the TRAIN split: how much of the held-out gap is compositional.
-    python train/evaluate.py --model "$RUNS/sft/final" $EVAL --split train --eval-seed 7 \
-        --out "$RUNS/eval/sft-train.json"
-    ROWS+=("ablation: stage 1, last layer only=$RUNS/eval/ablation-stage1.json")
-elif [ -z "$REFERENCE" ]; then
-    OMP_NUM_THREADS=2 python train/evaluate.py --model "$RUNS/sft/final" ${EVAL/--threads 1/--threads 2} \
-        --out "$RUNS/eval/sft.json"
+    if [ "$ABLATION" = 1 ]; then
+        python train/evaluate.py --model "$RUNS/sft/final" $EVAL --out "$RUNS/eval/sft.json" &
+        python train/evaluate.py --model "$RUNS/ablation-stage1/final" $EVAL --out "$RUNS/eval/ablation-stage1.json" &
+        wait_all
+        # The same model on fresh prompts of the TRAIN split: how much of the held-out gap is compositional.
+        python train/evaluate.py --model "$RUNS/sft/final" $EVAL --split train --eval-seed 7 \
+            --out "$RUNS/eval/sft-train.json"
+        ROWS+=("ablation: stage 1, last layer only=$RUNS/eval/ablation-stage1.json")
+    else
+        OMP_NUM_THREADS=2 python train/evaluate.py --model "$RUNS/sft/final" ${EVAL/--threads 1/--threads 2} \
+            --out "$RUNS/eval/sft.json"
+    fi
 fi
 log "evaluated"
 if [ -z "$BASE_FROM" ]; then
