@@ -6,8 +6,10 @@ from __future__ import annotations
 import json
 import os
 import shutil
+import socket
 import stat
 import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -27,7 +29,7 @@ def dry_run(tmp_path: Path, profile: str, **variables: str) -> subprocess.Comple
     bin_dir = tmp_path / "bin"
     bin_dir.mkdir()
     fake = bin_dir / "python"
-    fake.write_text('#!/bin/sh\necho "$OMP_NUM_THREADS $*" >> "$CALLS"\n')
+    fake.write_text('#!/bin/sh\necho "$OMP_NUM_THREADS ACCELERATE_USE_CPU=$ACCELERATE_USE_CPU $*" >> "$CALLS"\n')
     fake.chmod(fake.stat().st_mode | stat.S_IEXEC)
     env = {**os.environ, "PATH": f"{bin_dir}{os.pathsep}{os.environ['PATH']}", "PROFILE": profile,
            "CALLS": str(tmp_path / "calls.txt"), **variables}
@@ -42,14 +44,14 @@ LAUNCHER = ["-m", "accelerate.commands.launch"]
 
 
 def calls(tmp_path: Path) -> list[list[str]]:
-    """Each recorded ``python`` call as [OMP_NUM_THREADS, script, *args]; an accelerate launch keeps its options in
-    args, before the script."""
+    """Each recorded ``python`` call as [OMP_NUM_THREADS, script, *args]; an accelerate launch keeps its environment
+    (``ACCELERATE_USE_CPU=...``) and options in args, before the script."""
     recorded = []
     for line in (tmp_path / "calls.txt").read_text().splitlines():
-        threads, *argv = line.split()
+        threads, use_cpu, *argv = line.split()
         if argv[:2] == LAUNCHER:
             script = next(arg for arg in argv if arg.endswith(".py"))
-            argv = [script, *argv[2:]]
+            argv = [script, use_cpu, *argv[2:]]
         recorded.append([threads, *argv])
     return recorded
 
@@ -80,19 +82,19 @@ def test_hour_profile_runs_the_deepgen_stages_on_the_shipped_base_and_holds_them
     assert not any(name in step for step in steps for name in ("pretrain_vae.py", "pretrain_vlm.py", "pretrain_dit"))
     assemble = next(step for step in steps if "assemble_base.py" in step)
     assert "--from-pipeline deepgen/assets/deepgen-nano-stage1 --out runs/nano-hour/base" in assemble
-    # Stage 1 at the shipped budget, stage 2 cut (docs/nano.md), each as two single-threaded DDP processes of 8.
+    # Both stages cut (docs/nano.md), each as two single-threaded DDP processes of 8: the shipped 16 per step.
     stage1 = next(step for step in steps if "stage1_align.py" in step)
     stage2 = next(step for step in steps if "stage2_sft.py" in step)
-    assert "max_steps=4800" in stage1 and "data.sources.0.path=runs/nano-hour/data-v1 " in stage1
-    assert "max_steps=4400" in stage2 and "path: runs/nano-hour/data-v1, weight: 0.5" in stage2
+    assert "max_steps=4000" in stage1 and "data.sources.0.path=runs/nano-hour/data-v1 " in stage1
+    assert "max_steps=3200" in stage2 and "path: runs/nano-hour/data-v1, weight: 0.5" in stage2
     for stage in (stage1, stage2):
         assert stage.startswith("1 train/stage") and "batch_size=8" in stage
-        assert "--cpu --num_processes 2 --num_cpu_threads_per_process 1" in stage
+        assert "ACCELERATE_USE_CPU=true --multi_gpu --num_processes 2" in stage
     # Its stage 2 and the shipped one are scored on the same fresh draw, then compared with the stated tolerance.
     evaluations = [step for step in steps if "evaluate.py" in step]
     evaluated = [step.split("--model ")[1].split()[0] for step in evaluations]
     assert sorted(evaluated) == ["deepgen/assets/deepgen-nano-sft", "runs/nano-hour/sft/final"]  # side by side
-    assert all("--eval-seed 45 --threads 1" in step for step in evaluations)
+    assert all("--eval-seed 46 --threads 1" in step for step in evaluations)
     for builtin in ("deepgen-nano-stage1", "deepgen-nano-sft"):
         assert (REPO / "deepgen" / "assets" / builtin / "model_index.json").is_file()
     compare = next(step for step in steps if "compare_evals.py" in step)
@@ -100,6 +102,28 @@ def test_hour_profile_runs_the_deepgen_stages_on_the_shipped_base_and_holds_them
             "--tolerance 0.03 0.06 --plain-targets 0.9 0.95 0.85") in compare
     # No shipping over the built-in models, no ablation, no stage 3.
     assert not any(name in step for step in steps for name in ("ship.py", "lastlayer", "stage3_grpo.py"))
+
+
+@pytest.mark.slow
+def test_hour_profile_launch_really_starts_two_processes(tmp_path, tiny_data):
+    """The hour profile's stage launch, replayed on the tiny config: two ranks train (a launch line that starts one
+    process, as `--cpu --num_processes 2` does, would train on half the batch)."""
+    assert dry_run(tmp_path, "hour").returncode == 0
+    launch = next(args for args in calls(tmp_path) if args[1].endswith("stage1_align.py"))
+    environment, options = launch[2], launch[3:launch.index(launch[1], 3)]  # the options before the script
+    name, value = environment.split("=")
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        port = str(sock.getsockname()[1])
+    out = tmp_path / "stage1"
+    command = [sys.executable, *LAUNCHER, *options, "--main_process_port", port, str(REPO / launch[1]),
+               "--config", str(REPO / "train" / "configs" / "tiny-stage1.yaml"), f"output_dir={out}",
+               f"data.sources.0.path={tiny_data}", "batch_size=2"]
+    env = {**os.environ, name: value, "OMP_NUM_THREADS": launch[0], "PYTHONPATH": str(REPO)}
+    result = subprocess.run(command, check=False, env=env, cwd=REPO, capture_output=True, text=True, timeout=300)
+    assert result.returncode == 0, result.stderr[-3000:]
+    state = json.loads(next((out / "checkpoints").glob("checkpoint-*/trainer_state.json")).read_text())
+    assert state["num_processes"] == 2
 
 
 def test_full_profile_ships_stages_1_and_2_and_scores_stage3(tmp_path):
