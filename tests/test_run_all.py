@@ -124,6 +124,7 @@ def test_hour_profile_launch_really_starts_two_processes(tmp_path, tiny_data):
     assert result.returncode == 0, result.stderr[-3000:]
     state = json.loads(next((out / "checkpoints").glob("checkpoint-*/trainer_state.json")).read_text())
     assert state["num_processes"] == 2
+    assert "2 process(es) x 2 samples x 1 accumulation step(s) = 4 samples per optimiser step." in result.stderr
 
 
 def test_full_profile_ships_stages_1_and_2_and_scores_stage3(tmp_path):

@@ -395,6 +395,10 @@ def prepare_run(config: TrainConfig, accelerator: Accelerator, pipe: DeepGenPipe
         stage: name recorded in checkpoints and shown on the progress bar.
         updates_per_step: optimiser steps per loop step (stage 3); the LR schedule counts optimiser steps.
     """
+    if stream is not None:  # what each step reads, so that a launch that started fewer processes shows here
+        per_step = accelerator.num_processes * config.batch_size * config.gradient_accumulation_steps
+        logger.info("%d process(es) x %d samples x %d accumulation step(s) = %d samples per optimiser step.",
+                    accelerator.num_processes, config.batch_size, config.gradient_accumulation_steps, per_step)
     optimizer = build_optimizer([p for _, p in trainable], config.optim)
     schedule = dataclasses.replace(config, max_steps=config.max_steps * updates_per_step)
     lr_scheduler = build_lr_scheduler(optimizer, schedule, accelerator.num_processes)
