@@ -10,7 +10,7 @@
 # hour: DeepGen's own recipe as the authors ran it, from pretrained parts: the VLM, DiT and VAE are the built-in
 # stage 1's (which stage 1 never trains; the nano stand-ins for Qwen2.5-VL-3B, UniPic2-SD3.5M-Kontext and SD3's VAE),
 # under a fresh bridge; stages 1 (on prompt-version-1 data, as the shipped stage 1) and 2 at the shipped batch of 16
-# but cut budgets (the shipped 4,800 + 6,000 steps train for about 80 minutes here), each as two single-threaded
+# but cut budgets (the shipped 4,800 + 6,000 steps train for 67-82 minutes here), each as two single-threaded
 # processes (accelerate, DDP over gloo on loopback, 8 samples each; 4-6% more steps per minute than one process on
 # two threads), no ablation, no shipping, no stage 3. It ends by scoring its stage 2 against the shipped
 # deepgen-nano-sft on a held-out draw (46) with the tolerance and plain-prompt targets docs/nano.md states.
