@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import json
 import os
-import socket
 import subprocess
 import sys
 import time
@@ -19,6 +18,7 @@ from pathlib import Path
 from typing import Optional
 
 import pytest
+from loopback import free_port
 from PIL import Image
 
 gradio_client = pytest.importorskip("gradio_client")
@@ -29,12 +29,6 @@ EXAMPLE = REPO / "assets" / "examples" / "red-circle.png"
 GENERATE = dict(negative_prompt="", width=64, height=64, steps=1, guidance=4.0, seed=0, randomize_seed=False,
                 num_images=1)
 START_TIMEOUT_S = 120
-
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
 
 
 class AppServer:

@@ -17,6 +17,7 @@ from bench_data import EDIT_NEG, EXPECTED, IMAGES_PER_PROMPT, WRITERS, write_cvt
 from deepgen.bench import BENCHMARKS, EDIT_NEGATIVE_PROMPT
 from deepgen.bench.base import PARTIAL_SUFFIX
 from deepgen.bench.runner import GenerationSettings, plan_batches, run_benchmark, sample_seed, shard
+from loopback import free_port
 
 SIZE = 32
 REPO = Path(__file__).resolve().parents[1]
@@ -274,12 +275,8 @@ sys.exit(main(sys.argv[1:]))
 @pytest.mark.slow
 def test_two_processes_with_gloo_split_the_items(tmp_path):
     """Two CPU processes (torch.distributed, gloo, loopback) write disjoint items, the same bytes as one process."""
-    import socket
-
     (tmp_path / "p.json").write_text(json.dumps([{"prompt_id": i, "Prompt": f"prompt number {i}"} for i in range(5)]))
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        port = probe.getsockname()[1]
+    port = free_port()
     args = ["bench", "wise", "--data", str(tmp_path / "p.json"), "--model", "tiny", "--steps", "1", "--size",
             str(SIZE), "--batch-size", "2", "--no-progress", "--device", "cpu"]
     procs = []

@@ -6,13 +6,13 @@ from __future__ import annotations
 import json
 import os
 import shutil
-import socket
 import stat
 import subprocess
 import sys
 from pathlib import Path
 
 import pytest
+from loopback import free_port
 
 from deepgen.nano import world
 
@@ -112,11 +112,8 @@ def test_hour_profile_launch_really_starts_two_processes(tmp_path, tiny_data):
     launch = next(args for args in calls(tmp_path) if args[1].endswith("stage1_align.py"))
     environment, options = launch[2], launch[3:launch.index(launch[1], 3)]  # the options before the script
     name, value = environment.split("=")
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        port = str(sock.getsockname()[1])
     out = tmp_path / "stage1"
-    command = [sys.executable, *LAUNCHER, *options, "--main_process_port", port, str(REPO / launch[1]),
+    command = [sys.executable, *LAUNCHER, *options, "--main_process_port", str(free_port()), str(REPO / launch[1]),
                "--config", str(REPO / "train" / "configs" / "tiny-stage1.yaml"), f"output_dir={out}",
                f"data.sources.0.path={tiny_data}", "batch_size=2"]
     env = {**os.environ, name: value, "OMP_NUM_THREADS": launch[0], "PYTHONPATH": str(REPO)}

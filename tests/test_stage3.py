@@ -4,13 +4,13 @@ from __future__ import annotations
 
 import json
 import os
-import socket
 import subprocess
 import sys
 from pathlib import Path
 
 import pytest
 import torch
+from loopback import free_port
 from safetensors.torch import load_file
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -124,12 +124,9 @@ def test_two_processes_through_accelerate(tmp_path, data):
     """`accelerate launch` with 2 CPU processes (gloo): rewards are gathered for GDPO, gradients all-reduced."""
     # accelerate's CPU multi-process mode: the torchrun launcher (--multi_gpu) with ACCELERATE_USE_CPU -> gloo.
     env = {**os.environ, "OMP_NUM_THREADS": "1", "ACCELERATE_USE_CPU": "true"}
-    with socket.socket() as probe:  # a free port, so concurrent runs do not collide on 29500
-        probe.bind(("127.0.0.1", 0))
-        port = probe.getsockname()[1]
     command = [sys.executable, "-m", "accelerate.commands.launch", "--multi_gpu", "--num_processes", "2",
                "--num_machines", "1", "--mixed_precision", "no", "--dynamo_backend", "no",
-               "--main_process_port", str(port),
+               "--main_process_port", str(free_port()),
                str(ROOT / "train" / "stage3_grpo.py"), "--config", CONFIG, f"output_dir={tmp_path}", "max_steps=1",
                data, *FAST]
     result = subprocess.run(command, cwd=ROOT, env=env, capture_output=True, text=True, timeout=600)

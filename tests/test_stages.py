@@ -6,7 +6,6 @@ from __future__ import annotations
 import importlib.util
 import json
 import os
-import socket
 import subprocess
 import sys
 from pathlib import Path
@@ -14,6 +13,7 @@ from pathlib import Path
 import pytest
 import torch
 from accelerate.state import AcceleratorState, GradientState
+from loopback import free_port
 from safetensors.torch import load_file
 
 from deepgen import DeepGenPipeline
@@ -148,19 +148,13 @@ def test_stage_scripts_refuse_the_other_stages_schedule(tmp_path):
         _run(_load_script("stage2_sft"), "tiny-stage2.yaml", tmp_path, "train_transformer=false")
 
 
-def _free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
-
-
 @pytest.mark.slow
 def test_two_process_gloo_run_through_accelerate(tmp_path):
     """DDP on CPU: `accelerate launch --multi_gpu` with ACCELERATE_USE_CPU picks the gloo backend."""
     env = {**os.environ, "ACCELERATE_USE_CPU": "true", "OMP_NUM_THREADS": "1"}
     command = [sys.executable, "-m", "accelerate.commands.launch", "--multi_gpu", "--num_processes", "2",
                "--num_machines", "1", "--mixed_precision", "no", "--dynamo_backend", "no",
-               "--main_process_port", str(_free_port()), str(ROOT / "train" / "stage2_sft.py"),
+               "--main_process_port", str(free_port()), str(ROOT / "train" / "stage2_sft.py"),
                "--config", str(CONFIGS / "tiny-stage2.yaml"), f"output_dir={tmp_path}", *DATA]
     result = subprocess.run(command, check=False, env=env, cwd=ROOT, capture_output=True, text=True, timeout=300)
     assert result.returncode == 0, result.stderr[-3000:]
